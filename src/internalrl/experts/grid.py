@@ -15,13 +15,14 @@ from ..envs.gridworld import UNREACHABLE, BatchedGridPinpad
 
 def optimal_action_mask(env: BatchedGridPinpad) -> np.ndarray:
     """(N, 4) bool: the actions on a shortest safe path to each environment's next colour.
-    Environments that are done, or whose next colour is ambiguous, allow every action."""
+    Where no safe path is left (noise led the agent into a sealed pocket) or the next colour
+    is unknown, every safe action is allowed."""
     target = env.next_colour()
     known = target >= 0
     legs = env.leg_distances(np.where(known, target, 0), env.agent)  # (N, 4)
     best = legs.min(1, keepdims=True)
     mask = (legs == best) & (best < UNREACHABLE)
-    return np.where(known[:, None] & mask.any(1, keepdims=True), mask, True)
+    return np.where(known[:, None] & mask.any(1, keepdims=True), mask, safe_action_mask(env))
 
 
 def safe_action_mask(env: BatchedGridPinpad) -> np.ndarray:

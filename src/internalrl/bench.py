@@ -1,0 +1,113 @@
+"""Throughput benchmarks (no thresholds: numbers to read and report).
+
+* batched environment steps/s with the DP expert acting;
+* pretraining tokens/s of the base model;
+* base-model acting steps/s on N environments with the step cache (and, for contrast, the
+  same number of steps recomputing the whole prefix each step).
+"""
+from __future__ import annotations
+
+import time
+
+import numpy as np
+import torch
+
+from .config import Config
+from .data import Trajectories, generate_grid, iterate_batches
+from .envs.gridworld import BatchedGridPinpad
+from .envs.tasks import parse_task_set
+from .experts.grid import expert_actions
+from .models.sequence_model import SequenceModel
+from .train import resolve_device, sequence_losses
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+
+
+def bench_env_with_resets(cfg: Config, num_envs: int, seconds: float = 3.0) -> dict:
+    """Environment steps/s counting only live environments, resets included in the time."""
+    spec = cfg.env.spec()
+    tasks = parse_task_set(cfg.env.pretrain_tasks, spec.num_objects)
+    env = BatchedGridPinpad(num_envs, tasks, spec, seed=0)
+    rng = np.random.default_rng(0)
+    live, t0 = 0, time.perf_counter()
+    while time.perf_counter() - t0 < seconds:
+        env.reset()
+        while not env.done.all():
+            live += int((~env.done).sum())
+            a, _ = expert_actions(env, rng)
+            env.step(a)
+    return {"env_steps_per_s": live / (time.perf_counter() - t0), "num_envs": num_envs}
+
+
+def bench_train(cfg: Config, steps: int = 10) -> dict:
+    device = resolve_device(cfg.train.device)
+    spec = cfg.env.spec()
+    tasks = parse_task_set(cfg.env.pretrain_tasks, spec.num_objects)
+    arrays, _ = generate_grid(max(2 * cfg.train.batch_size, 512), tasks, spec, seed=0, progress=False)
+    data = Trajectories(arrays, {"obs_format": "grid", "env": spec.__dict__})
+    torch.manual_seed(0)
+    model = SequenceModel(cfg.model).to(device)
+    opt = torch.optim.AdamW(model.parameters(), lr=cfg.train.lr)
+    batches = iterate_batches(data, np.arange(data.num_episodes), cfg.train.batch_size, np.random.default_rng(0))
+    tokens, elapsed = 0, 0.0
+    for i in range(steps + 2):
+        batch = next(batches).to(device)
+        _sync(device)
+        t0 = time.perf_counter()
+        losses = sequence_losses(model, batch)
+        loss = losses["action_nll"] + cfg.train.obs_loss_weight * losses["obs_nll"]
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        _sync(device)
+        if i >= 2:  # the first steps warm up allocators
+            elapsed += time.perf_counter() - t0
+            tokens += int(batch.mask.sum())
+    return {"tokens_per_s": tokens / elapsed, "train_steps_per_s": steps / elapsed, "batch_size": cfg.train.batch_size}
+
+
+@torch.no_grad()
+def bench_acting(cfg: Config, num_envs: int, uncached_steps: int = 10) -> dict:
+    device = resolve_device(cfg.train.device)
+    spec = cfg.env.spec()
+    tasks = parse_task_set(cfg.env.pretrain_tasks, spec.num_objects)
+    torch.manual_seed(0)
+    model = SequenceModel(cfg.model).to(device).eval()
+    env = BatchedGridPinpad(num_envs, tasks, spec, seed=0, require_solvable=False)
+    gen = torch.Generator(device=device).manual_seed(0)
+    obs = env.reset(free_play=True)
+    state = model.initial_state(num_envs, device)
+    _sync(device)
+    t0 = time.perf_counter()
+    for _ in range(spec.horizon):  # an untrained model rarely ends an episode: a full horizon
+        a = model.act(torch.as_tensor(obs, device=device), state, gen)
+        obs, *_ = env.step(a.cpu().numpy())
+    _sync(device)
+    cached = num_envs * spec.horizon / (time.perf_counter() - t0)
+    # the same policy without a cache: every step re-runs the whole prefix
+    history = [torch.as_tensor(env.reset(free_play=True), device=device)]
+    _sync(device)
+    t0 = time.perf_counter()
+    for _ in range(uncached_steps):
+        out = model(torch.stack(history, 1))
+        a = model.sample_action(out, gen)
+        obs, *_ = env.step(a.cpu().numpy())
+        history.append(torch.as_tensor(obs, device=device))
+    _sync(device)
+    uncached_first = num_envs * uncached_steps / (time.perf_counter() - t0)
+    return {"num_envs": num_envs, "cached_env_steps_per_s": cached,
+            f"uncached_env_steps_per_s_first_{uncached_steps}_steps": uncached_first}
+
+
+def run_benchmarks(cfg: Config, num_envs: int = 1024) -> dict:
+    device = resolve_device(cfg.train.device)
+    out = {"device": str(device), "torch_threads": torch.get_num_threads()}
+    if device.type == "cuda":
+        out["gpu"] = torch.cuda.get_device_name(0)
+    out["env_expert"] = [bench_env_with_resets(cfg, n) for n in (1, 64, num_envs, 4 * num_envs)]
+    out["pretraining"] = bench_train(cfg)
+    out["acting"] = bench_acting(cfg, num_envs)
+    return out

@@ -1,0 +1,118 @@
+"""Command line: one subcommand per stage, and ``run`` for the whole pipeline.
+
+    internalrl run --preset quick --out runs/quick          # the whole gridworld pipeline
+    internalrl data|train|evaluate --out DIR [--preset P] [--seed N] [--set section.field=value ...]
+    internalrl report --out DIR
+    internalrl bench [--preset P] [--envs 1024]
+    internalrl config [--preset P] [--set ...]               # print the resolved config
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+from .config import ConfigError, PRESETS, dumps, load_config
+from .data import DataError
+from .envs.tasks import TaskError
+from .rundir import RunDir, RunDirError
+from .train import CheckpointError
+
+USER_ERRORS = (ConfigError, RunDirError, DataError, CheckpointError, TaskError)
+
+
+def _common(p: argparse.ArgumentParser, out: bool = True) -> None:
+    p.add_argument("--preset", default="quick", help=f"named config: {', '.join(PRESETS)} (default quick)")
+    p.add_argument("--seed", type=int, default=None, help="random seed (default 0)")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="SECTION.FIELD=VALUE",
+                   help="override any config field, e.g. --set train.steps=500 (repeatable)")
+    if out:
+        p.add_argument("--out", default=None, help="run directory (default runs/<preset>-seed<seed>)")
+        p.add_argument("--no-progress", action="store_true", help="no progress bars")
+
+
+def _config(args):
+    overrides = list(args.overrides)
+    if args.seed is not None:
+        overrides.append(f"seed={args.seed}")
+    return load_config(args.preset, overrides)
+
+
+def _run_dir(args, cfg) -> RunDir:
+    out = args.out or f"runs/{args.preset}-seed{cfg.seed}"
+    return RunDir(out, cfg)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="internalrl", description="Internal reinforcement learning (arXiv 2512.20605).")
+    sub = parser.add_subparsers(dest="command", required=True)
+    for name, help_ in [("run", "the whole gridworld pipeline, then the report"),
+                        ("data", "generate expert trajectories"),
+                        ("train", "pretrain the base model"),
+                        ("evaluate", "evaluate the base model as a policy")]:
+        _common(sub.add_parser(name, help=help_))
+    p = sub.add_parser("report", help="(re)write report.html of a run directory")
+    p.add_argument("--out", required=True)
+    p = sub.add_parser("bench", help="throughput benchmarks (env, pretraining, acting)")
+    _common(p, out=False)
+    p.add_argument("--envs", type=int, default=1024, help="batch of environments for acting (default 1024)")
+    p.add_argument("--json", default=None, help="also write the numbers to this file")
+    p = sub.add_parser("config", help="print the resolved config")
+    _common(p, out=False)
+    args = parser.parse_args(argv)
+    try:
+        return _dispatch(args)
+    except USER_ERRORS as e:
+        print(f"internalrl: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("internalrl: interrupted; re-run the same command to resume", file=sys.stderr)
+        return 130
+
+
+def _dispatch(args) -> int:
+    from . import stages
+    from .report import write_report
+
+    if args.command == "report":
+        root = Path(args.out)
+        if not (root / "run.json").exists():
+            raise RunDirError(f"{root} is not an internalrl run (no run.json)")
+        print(write_report(root))
+        return 0
+    cfg = _config(args)
+    if args.command == "config":
+        print(dumps(cfg))
+        return 0
+    if args.command == "bench":
+        from .bench import run_benchmarks
+
+        res = run_benchmarks(cfg, args.envs)
+        text = json.dumps(res, indent=2)
+        print(text)
+        if args.json:
+            Path(args.json).write_text(text)
+        return 0
+    run = _run_dir(args, cfg)
+    progress = not args.no_progress
+    t0 = time.perf_counter()
+    plan = {
+        "data": [stages.stage_data],
+        "train": [stages.stage_base_model],
+        "evaluate": [stages.stage_eval_base],
+        "run": [stages.stage_data, stages.stage_base_model, stages.stage_eval_base],
+    }[args.command]
+    for stage in plan:
+        stage(cfg, run, progress=progress)
+    if args.command == "run":
+        elapsed = time.perf_counter() - t0
+        run.update_results("wall_seconds_last_invocation", {"seconds": elapsed})
+        report = write_report(run.root)
+        print(f"[internalrl] done in {elapsed / 60:.1f} min; report: {report}; numbers: {run.root / 'results.json'}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

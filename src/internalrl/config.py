@@ -1,0 +1,197 @@
+"""Dataclass configs with the paper's defaults, named presets, and validated overrides.
+
+``load_config("quick", ["train.steps=500", "seed=3"])`` returns a :class:`Config`; a bad
+value raises :class:`ConfigError` naming the field.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import asdict, dataclass, field, fields
+from typing import Any
+
+from .envs.gridworld import GridSpec
+from .envs.tasks import GRID_POSTTRAIN_TASK, TaskError, parse_task_set
+from .models.sequence_model import ModelConfig
+
+
+class ConfigError(ValueError):
+    """A config value that cannot be used; the message names the field."""
+
+
+@dataclass
+class EnvConfig:
+    size: int = 7
+    num_objects: int = 8
+    num_walls: int = 4
+    horizon: int = 100
+    pretrain_tasks: str = "grid-pretrain"  # a named task set or comma-separated task strings
+    posttrain_task: str = GRID_POSTTRAIN_TASK
+
+    def spec(self) -> GridSpec:
+        return GridSpec(self.size, self.num_objects, self.num_walls, self.horizon)
+
+
+@dataclass
+class DataConfig:
+    num_episodes: int = 200_000  # [choice] the paper does not give its dataset size
+    epsilon: float = 0.0  # probability the expert's action is replaced by a random safe one
+    val_fraction: float = 0.05
+
+
+@dataclass
+class TrainConfig:
+    steps: int = 256_000
+    batch_size: int = 1024
+    lr: float = 3e-4
+    weight_decay: float = 0.03
+    obs_loss_weight: float = 0.01  # λ in −ln p(a|o) − λ ln p(o'|o)
+    warmup_steps: int = 1000
+    grad_clip: float = 1.0
+    eval_every: int = 2000
+    checkpoint_every: int = 1000
+    snapshots: int = 5  # weights kept at evenly spaced steps, for analyses over training
+    device: str = "auto"  # auto | cpu | cuda
+
+
+@dataclass
+class EvalConfig:
+    num_envs: int = 1024  # episodes per rollout evaluation, stepped together
+    temperature: float = 1.0
+
+
+@dataclass
+class Config:
+    seed: int = 0
+    env: EnvConfig = field(default_factory=EnvConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    def validate(self) -> "Config":
+        try:
+            spec = self.env.spec()
+        except ValueError as e:
+            raise ConfigError(f"env: {e}") from None
+        for name in ("pretrain_tasks", "posttrain_task"):
+            try:
+                parse_task_set(getattr(self.env, name), spec.num_objects)
+            except TaskError as e:
+                raise ConfigError(f"env.{name}: {e}") from None
+        if self.model.obs_dim != spec.obs_dim:
+            raise ConfigError(f"model.obs_dim is {self.model.obs_dim} but the environment's observation has "
+                              f"{spec.obs_dim} dims; leave model.obs_dim alone, it follows env")
+        try:
+            self.model.validate()
+        except ValueError as e:
+            raise ConfigError(str(e)) from None
+        if self.model.max_len < spec.horizon + 1:
+            raise ConfigError(f"model.max_len ({self.model.max_len}) must be at least env.horizon + 1 ({spec.horizon + 1})")
+        checks = [
+            ("data.num_episodes", self.data.num_episodes >= 20, "at least 20"),
+            ("data.epsilon", 0.0 <= self.data.epsilon < 1.0, "in [0, 1)"),
+            ("data.val_fraction", 0.0 < self.data.val_fraction < 0.5, "in (0, 0.5)"),
+            ("train.steps", self.train.steps >= 1, "at least 1"),
+            ("train.batch_size", self.train.batch_size >= 1, "at least 1"),
+            ("train.lr", self.train.lr > 0, "positive"),
+            ("train.weight_decay", self.train.weight_decay >= 0, "non-negative"),
+            ("train.obs_loss_weight", self.train.obs_loss_weight >= 0, "non-negative"),
+            ("train.warmup_steps", self.train.warmup_steps >= 0, "non-negative"),
+            ("train.grad_clip", self.train.grad_clip > 0, "positive"),
+            ("train.eval_every", self.train.eval_every >= 1, "at least 1"),
+            ("train.checkpoint_every", self.train.checkpoint_every >= 1, "at least 1"),
+            ("train.snapshots", self.train.snapshots >= 1, "at least 1"),
+            ("train.device", self.train.device in ("auto", "cpu", "cuda"), "one of auto, cpu, cuda"),
+            ("eval.num_envs", self.eval.num_envs >= 1, "at least 1"),
+            ("eval.temperature", self.eval.temperature > 0, "positive"),
+        ]
+        for name, ok, what in checks:
+            if not ok:
+                section, key = name.split(".")
+                raise ConfigError(f"{name} must be {what}, got {getattr(getattr(self, section), key)!r}")
+        return self
+
+
+def _quick() -> Config:
+    c = Config()
+    c.data.num_episodes = 30_000
+    c.model = ModelConfig(width=128, depth=4, heads=4, head_dim=32, mlp=256)
+    c.train = TrainConfig(steps=1500, batch_size=64, lr=1e-3, warmup_steps=100, eval_every=500,
+                          checkpoint_every=250, snapshots=5)
+    c.eval.num_envs = 1024
+    return c
+
+
+def _paper() -> Config:
+    return Config()  # the dataclass defaults are the paper's values (Tables A4/A16)
+
+
+PRESETS = {"quick": _quick, "paper": _paper}
+
+
+def _coerce(value: str, current: Any, name: str) -> Any:
+    if isinstance(current, bool):
+        if value.lower() in ("1", "true", "yes", "on"):
+            return True
+        if value.lower() in ("0", "false", "no", "off"):
+            return False
+        raise ConfigError(f"{name} takes true or false, got {value!r}")
+    try:
+        if isinstance(current, int):
+            return int(value)
+        if isinstance(current, float):
+            return float(value)
+    except ValueError:
+        raise ConfigError(f"{name} takes a {type(current).__name__}, got {value!r}") from None
+    return value
+
+
+def apply_overrides(cfg: Config, overrides: list[str]) -> Config:
+    for item in overrides:
+        if "=" not in item:
+            raise ConfigError(f"override {item!r} must look like section.field=value (e.g. train.steps=500)")
+        key, value = item.split("=", 1)
+        parts = key.strip().split(".")
+        target: Any = cfg
+        for p in parts[:-1]:
+            if not dataclasses.is_dataclass(target) or p not in {f.name for f in fields(target)}:
+                raise ConfigError(f"unknown config section {p!r} in {key!r}; sections: "
+                                  f"{', '.join(f.name for f in fields(cfg) if dataclasses.is_dataclass(getattr(cfg, f.name)))}")
+            target = getattr(target, p)
+        leaf = parts[-1]
+        names = [f.name for f in fields(target)]
+        if leaf not in names or dataclasses.is_dataclass(getattr(target, leaf)):
+            raise ConfigError(f"unknown config field {key!r}; {'.'.join(parts[:-1]) or 'top level'} has: {', '.join(names)}")
+        setattr(target, leaf, _coerce(value.strip(), getattr(target, leaf), key))
+    return cfg
+
+
+def load_config(preset: str = "quick", overrides: list[str] = ()) -> Config:
+    if preset not in PRESETS:
+        raise ConfigError(f"unknown preset {preset!r}; choose one of: {', '.join(PRESETS)}")
+    cfg = PRESETS[preset]()
+    apply_overrides(cfg, list(overrides))
+    cfg.model.obs_dim = cfg.env.spec().obs_dim if _spec_ok(cfg) else cfg.model.obs_dim
+    return cfg.validate()
+
+
+def _spec_ok(cfg: Config) -> bool:
+    try:
+        cfg.env.spec()
+        return True
+    except ValueError:
+        return False
+
+
+def config_from_dict(d: dict) -> Config:
+    cfg = Config(seed=d["seed"], env=EnvConfig(**d["env"]), data=DataConfig(**d["data"]),
+                 model=ModelConfig(**d["model"]), train=TrainConfig(**d["train"]), eval=EvalConfig(**d["eval"]))
+    return cfg
+
+
+def dumps(cfg: Config) -> str:
+    return json.dumps(cfg.to_dict(), indent=2, sort_keys=True)

@@ -1,0 +1,48 @@
+"""The base model as a policy (issue 2, part 6): sample its action head, with the step cache,
+on batched environments. Left alone the model does not know which task it is in, so we
+measure (b) free play: how often its rollouts spell *some* pretraining task cleanly, and
+(c) success on the post-training task, which it has never seen."""
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from .envs.gridworld import BatchedGridPinpad, GridSpec
+from .envs.tasks import Task, task_str
+from .models.sequence_model import SequenceModel
+
+
+@torch.no_grad()
+def rollout_base_model(model: SequenceModel, env: BatchedGridPinpad, *, free_play: bool, seed: int,
+                       temperature: float = 1.0, device="cpu", record: int = 0) -> dict:
+    """Roll out one batch of episodes in lock-step. Returns success rate, mean episode
+    length, which task each success spelled, and the agent's path for ``record`` episodes."""
+    gen = torch.Generator(device=device).manual_seed(seed)
+    obs = env.reset(free_play=free_play)
+    state = model.initial_state(env.num_envs, device)
+    paths = [env.agent[:record].copy()]
+    for _ in range(env.spec.horizon):
+        action = model.act(torch.as_tensor(obs, device=device), state, gen, temperature)
+        obs, _, _, _, _ = env.step(action.cpu().numpy())
+        paths.append(env.agent[:record].copy())
+        if env.done.all():
+            break
+    success = env.succeeded
+    spelled = np.where(success, env.consistent.argmax(1), -1)
+    counts = np.bincount(spelled[success], minlength=len(env.tasks))
+    return {
+        "success_rate": float(success.mean()),
+        "episodes": int(env.num_envs),
+        "mean_length": float(env.t.mean()),
+        "task_counts": {task_str(t): int(c) for t, c in zip(env.tasks, counts) if c},
+        "paths": np.stack(paths, 1),  # (record, steps+1) agent cells
+    }
+
+
+def evaluate_policy(model: SequenceModel, spec: GridSpec, pretrain: list[Task], posttrain: list[Task], *,
+                    num_envs: int, seed: int, temperature: float = 1.0, device="cpu") -> dict:
+    free_env = BatchedGridPinpad(num_envs, pretrain, spec, seed=seed)
+    free = rollout_base_model(model, free_env, free_play=True, seed=seed, temperature=temperature, device=device, record=4)
+    post_env = BatchedGridPinpad(num_envs, posttrain, spec, seed=seed + 1)
+    post = rollout_base_model(model, post_env, free_play=False, seed=seed + 1, temperature=temperature, device=device)
+    return {"free_play": free, "posttrain": post, "free_env": free_env}

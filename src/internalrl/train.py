@@ -1,0 +1,155 @@
+"""Pretraining the base model (SPEC §3): −ln p(a_t|o_{1:t}) − λ ln p(o_{t+1}|o_{1:t}), AdamW.
+
+Reads top to bottom: build, maybe resume, loop (batch, loss, step, log, evaluate, checkpoint),
+save. Checkpoints hold the weights (safetensors), the optimiser state (``torch.load`` with
+``weights_only=True``) and the step, so a killed run continues where it stopped.
+"""
+from __future__ import annotations
+
+import json
+import math
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from safetensors.torch import load_file, save_file
+from tqdm.auto import tqdm
+
+from .config import Config
+from .data import Batch, Trajectories, iterate_batches, make_batch
+from .models.sequence_model import ModelConfig, SequenceModel
+
+
+class CheckpointError(RuntimeError):
+    """A checkpoint that is missing or unreadable; the message says what to do."""
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise RuntimeError("train.device=cuda but no CUDA device is available; use train.device=auto or cpu")
+    return torch.device(name)
+
+
+def sequence_losses(model: SequenceModel, batch: Batch) -> dict[str, torch.Tensor]:
+    """Masked means over valid steps of the action NLL, observation NLL and accuracy."""
+    out = model(batch.obs[:, :-1])
+    mask = batch.mask.float()
+    n = mask.sum().clamp(min=1)
+    action_nll = -(model.action_log_prob(out, batch.actions) * mask).sum() / n
+    obs_nll = -(model.obs_log_prob(out, batch.obs[:, 1:]) * mask).sum() / n
+    result = {"action_nll": action_nll, "obs_nll": obs_nll}
+    if model.cfg.action_type == "categorical":
+        result["action_accuracy"] = ((out.action.argmax(-1) == batch.actions).float() * mask).sum() / n
+    return result
+
+
+@torch.no_grad()
+def evaluate_heldout(model: SequenceModel, data: Trajectories, idx: np.ndarray, batch_size: int, device) -> dict:
+    model.eval()
+    sums: dict[str, float] = {}
+    steps = 0
+    for i in range(0, len(idx), batch_size):
+        batch = make_batch(data, idx[i : i + batch_size]).to(device)
+        n = int(batch.mask.sum())
+        for k, v in sequence_losses(model, batch).items():
+            sums[k] = sums.get(k, 0.0) + float(v) * n
+        steps += n
+    model.train()
+    return {k: v / steps for k, v in sums.items()}
+
+
+def save_model(model: SequenceModel, folder: Path, name: str = "model") -> None:
+    folder.mkdir(parents=True, exist_ok=True)
+    save_file({k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}, str(folder / f"{name}.safetensors"))
+    (folder / "model_config.json").write_text(json.dumps(model.cfg.__dict__, indent=2))
+
+
+def load_model(folder: str | Path, name: str = "model", device="cpu") -> SequenceModel:
+    """Load a base model saved by :func:`save_model` (safetensors; no pickle)."""
+    folder = Path(folder)
+    cfg_path, w_path = folder / "model_config.json", folder / f"{name}.safetensors"
+    if not cfg_path.exists() or not w_path.exists():
+        raise CheckpointError(f"no model in {folder} (expected model_config.json and {name}.safetensors); "
+                              "train one with `internalrl train`")
+    try:
+        cfg = ModelConfig(**json.loads(cfg_path.read_text()))
+        model = SequenceModel(cfg)
+        model.load_state_dict(load_file(str(w_path)))
+    except Exception as e:
+        raise CheckpointError(f"the model in {folder} is corrupt or from another version "
+                              f"({type(e).__name__}: {str(e)[:200]}); retrain it (delete the folder)") from None
+    return model.to(device).eval()
+
+
+def lr_at(step: int, cfg) -> float:
+    """Linear warm-up, then cosine decay to 10% [choice]."""
+    if step < cfg.warmup_steps:
+        return cfg.lr * (step + 1) / cfg.warmup_steps
+    frac = (step - cfg.warmup_steps) / max(1, cfg.steps - cfg.warmup_steps)
+    return cfg.lr * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * min(1.0, frac))))
+
+
+def train_base_model(cfg: Config, data: Trajectories, work: Path, progress: bool = True) -> tuple[SequenceModel, dict]:
+    tc = cfg.train
+    device = resolve_device(tc.device)
+    torch.manual_seed(cfg.seed)
+    model = SequenceModel(cfg.model).to(device)
+    opt = torch.optim.AdamW(model.parameters(), lr=tc.lr, weight_decay=tc.weight_decay)
+    train_idx, val_idx = data.split(cfg.data.val_fraction)
+    start = 0
+    ckpt = work / "checkpoint.json"
+    if ckpt.exists():
+        try:
+            meta = json.loads(ckpt.read_text())
+            model.load_state_dict(load_file(str(work / "checkpoint.safetensors")))
+            opt.load_state_dict(torch.load(work / "checkpoint_optim.pt", weights_only=True, map_location=device))
+            start = int(meta["step"])
+        except Exception as e:
+            raise CheckpointError(f"the training checkpoint in {work} is corrupt ({type(e).__name__}); "
+                                  f"delete {work} to restart this stage from scratch") from None
+    snapshot_steps = sorted({int(round(tc.steps * (i + 1) / tc.snapshots)) for i in range(tc.snapshots)})
+    batches = iterate_batches(data, train_idx, tc.batch_size, np.random.default_rng([cfg.seed, start]))
+    log = open(work / "train_log.jsonl", "a")
+    bar = tqdm(range(start, tc.steps), initial=start, total=tc.steps, desc="pretrain base model", disable=not progress)
+    t0, tokens = time.perf_counter(), 0
+    train_time = float(json.loads(ckpt.read_text()).get("train_seconds", 0.0)) if ckpt.exists() else 0.0
+    for step in bar:
+        for g in opt.param_groups:
+            g["lr"] = lr_at(step, tc)
+        batch = next(batches).to(device)
+        losses = sequence_losses(model, batch)
+        loss = losses["action_nll"] + tc.obs_loss_weight * losses["obs_nll"]
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), tc.grad_clip)
+        opt.step()
+        tokens += int(batch.mask.sum())
+        done = step + 1
+        if done % 50 == 0 or done == tc.steps:
+            elapsed = time.perf_counter() - t0
+            row = {"step": done, "lr": lr_at(step, tc), "tokens_per_s": tokens / max(elapsed, 1e-9),
+                   **{k: float(v.detach()) for k, v in losses.items()}}
+            log.write(json.dumps(row) + "\n")
+            log.flush()
+            bar.set_postfix(nll=f"{row['action_nll']:.3f}", acc=f"{row.get('action_accuracy', 0):.3f}")
+        if done % tc.eval_every == 0 or done == tc.steps:
+            ev = evaluate_heldout(model, data, val_idx[:2048], 256, device)
+            log.write(json.dumps({"step": done, **{f"val_{k}": v for k, v in ev.items()}}) + "\n")
+            log.flush()
+        if done in snapshot_steps:
+            save_model(model, work / "snapshots", f"step_{done:07d}")
+        if done % tc.checkpoint_every == 0 and done < tc.steps:
+            save_file({k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()},
+                      str(work / "checkpoint.safetensors"))
+            torch.save(opt.state_dict(), work / "checkpoint_optim.pt")
+            ckpt.write_text(json.dumps({"step": done, "train_seconds": train_time + time.perf_counter() - t0}))
+    bar.close()
+    log.close()
+    train_time += time.perf_counter() - t0
+    save_model(model, work)
+    for f in ("checkpoint.safetensors", "checkpoint_optim.pt", "checkpoint.json"):
+        (work / f).unlink(missing_ok=True)
+    return model.eval(), {"train_seconds": train_time, "tokens_per_s_last_session": tokens / max(time.perf_counter() - t0, 1e-9)}

@@ -1,0 +1,58 @@
+import numpy as np
+
+from internalrl.envs.gridworld import UNREACHABLE, BatchedGridPinpad, GridSpec
+from internalrl.envs.tasks import parse_task_set
+from internalrl.experts.grid import expert_actions, optimal_action_mask, safe_action_mask
+
+TASKS = parse_task_set("grid-pretrain", 8)
+
+
+def test_expert_solves_every_pretraining_episode():
+    env = BatchedGridPinpad(512, TASKS, GridSpec(), seed=0)
+    rng = np.random.default_rng(0)
+    env.reset()
+    while not env.done.all():
+        env.step(expert_actions(env, rng)[0])
+    assert env.succeeded.all()
+
+
+def test_expert_moves_along_shortest_safe_paths():
+    env = BatchedGridPinpad(256, TASKS, GridSpec(), seed=1)
+    rng = np.random.default_rng(1)
+    env.reset()
+    for _ in range(30):
+        live = ~env.done
+        target = env.next_colour()
+        before = env.leg_distances(np.maximum(target, 0), env.agent).min(1)
+        actions, mask = expert_actions(env, rng)
+        assert mask[np.arange(256), actions].all()
+        progress = env.progress.copy()
+        env.step(actions)
+        same_leg = live & (env.progress == progress)  # still heading for the same colour
+        after = env.leg_distances(np.maximum(target, 0), env.agent).min(1)
+        assert (after[same_leg] == before[same_leg] - 1).all()
+
+
+def test_optimal_mask_is_uniform_over_all_shortest_actions():
+    # open 7x7, colour 0 in the far corner: from the opposite corner both down and right are optimal
+    spec = GridSpec(num_walls=0, num_objects=2)
+    env = BatchedGridPinpad(1, [(0, 1)], spec, seed=0, require_solvable=False)
+    env.reset()
+    ident = np.full(49, -1)
+    ident[48] = 0  # colour 0 bottom right, colour 1 top right
+    ident[6] = 1
+    env.load_layout(ident[None], np.array([0]))
+    assert optimal_action_mask(env)[0].tolist() == [False, True, False, True]
+    counts = np.bincount([expert_actions(env, np.random.default_rng(s))[0][0] for s in range(400)], minlength=4)
+    assert counts[0] == counts[2] == 0 and 150 < counts[1] < 250
+
+
+def test_noisy_expert_never_steps_on_a_wrong_colour():
+    env = BatchedGridPinpad(256, TASKS, GridSpec(), seed=2)
+    rng = np.random.default_rng(2)
+    env.reset()
+    while not env.done.all():
+        _, _, _, _, info = env.step(expert_actions(env, rng, epsilon=0.5)[0])
+        assert not info["failure"].any()
+    assert safe_action_mask(env).any(1).all()
+    assert env.dist.max() <= UNREACHABLE

@@ -1,0 +1,115 @@
+import numpy as np
+import pytest
+import torch
+
+from internalrl.models.sequence_model import ModelConfig, SequenceModel
+from internalrl.models.transformer import relative_bucket
+from internalrl.train import CheckpointError, load_model, save_model
+
+CFG = ModelConfig(obs_dim=37, action_dim=4, width=32, depth=4, heads=2, head_dim=16, mlp=64, max_len=64)
+
+
+@pytest.fixture
+def model():
+    torch.manual_seed(0)
+    m = SequenceModel(CFG)
+    with torch.no_grad():  # move the zero-initialised biases off zero so they matter
+        for blk in m.blocks:
+            blk.rel_bias.weight.normal_()
+    return m.eval()
+
+
+def obs(b=3, t=30, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    return (torch.rand(b, t, CFG.obs_dim, generator=g) < 0.2).float()
+
+
+def test_stepwise_cached_equals_whole_sequence(model):
+    x = obs()
+    full = model(x)
+    state = model.initial_state(3)
+    steps = [model(x[:, t : t + 1], state=state) for t in range(x.shape[1])]
+    assert torch.allclose(torch.cat([s.action for s in steps], 1), full.action, atol=1e-5)
+    assert torch.allclose(torch.cat([s.next_obs for s in steps], 1), full.next_obs, atol=1e-5)
+    assert state.position == x.shape[1]
+
+
+@pytest.mark.parametrize("layer", [0, 2, 4])
+def test_split_halves_stepwise_equal_sequence_with_intervention(model, layer):
+    x = obs()
+    u = torch.randn(CFG.width, CFG.width) * 0.1
+    edit = lambda e: e + e @ u.T  # noqa: E731
+    full = model(x, layer=layer, intervention=edit)
+    state = model.initial_state(3)
+    out = []
+    for t in range(x.shape[1]):
+        e = model.lower(x[:, t : t + 1], layer, state)
+        out.append(model.upper(edit(e), layer, state).action)
+    assert torch.allclose(torch.cat(out, 1), full.action, atol=1e-5)
+    assert not torch.allclose(full.action, model(x).action, atol=1e-3)  # the edit did something
+
+
+def test_chunked_steps_equal_sequence(model):
+    x = obs(t=20)
+    state = model.initial_state(3)
+    a = model(x[:, :7], state=state).action
+    b = model(x[:, 7:], state=state).action
+    assert torch.allclose(torch.cat([a, b], 1), model(x).action, atol=1e-5)
+
+
+def test_causal(model):
+    x = obs()
+    y = x.clone()
+    y[:, 20:] = 1 - y[:, 20:]
+    assert torch.allclose(model(x).action[:, :20], model(y).action[:, :20], atol=1e-6)
+    assert not torch.allclose(model(x).action[:, 20:], model(y).action[:, 20:])
+
+
+def test_residual_stream_matches_lower(model):
+    x = obs()
+    stream = model.residual_stream(x)
+    assert len(stream) == CFG.depth + 1
+    for layer in range(CFG.depth + 1):
+        assert torch.allclose(stream[layer], model.lower(x, layer), atol=1e-6)
+    with pytest.raises(ValueError, match="layer must be in 0..4"):
+        model.lower(x, 5)
+
+
+def test_relative_buckets_are_monotone_and_bounded():
+    d = torch.arange(0, 500)
+    b = relative_bucket(d, 32, 128)
+    assert (b[:16] == d[:16]).all() and (b.diff() >= 0).all() and b.max() == 31
+
+
+def test_cache_overflow_is_a_clear_error(model):
+    state = model.initial_state(1)
+    with pytest.raises(RuntimeError, match="max_len"):
+        model(obs(1, CFG.max_len + 1), state=state)
+
+
+def test_save_load_round_trip_and_corrupt_checkpoint(model, tmp_path):
+    save_model(model, tmp_path)
+    loaded = load_model(tmp_path)
+    x = obs()
+    assert torch.equal(loaded(x).action, model(x).action)
+    with pytest.raises(CheckpointError, match="no model"):
+        load_model(tmp_path / "nothing")
+    (tmp_path / "model.safetensors").write_bytes(b"\x00" * 100)
+    with pytest.raises(CheckpointError, match="corrupt"):
+        load_model(tmp_path)
+
+
+def test_gaussian_heads_give_finite_log_probs():
+    cfg = ModelConfig(obs_dim=10, action_dim=3, action_type="gaussian", obs_type="gaussian", width=16, depth=1,
+                      heads=2, head_dim=8, mlp=16)
+    m = SequenceModel(cfg)
+    x = torch.randn(2, 5, 10)
+    out = m(x)
+    assert m.action_log_prob(out, torch.randn(2, 5, 3)).shape == (2, 5)
+    assert torch.isfinite(m.obs_log_prob(out, torch.randn(2, 5, 10))).all()
+    assert m.sample_action(out).shape == (2, 3)
+
+
+def test_bad_model_config_names_the_field():
+    with pytest.raises(ValueError, match="model.action_type"):
+        SequenceModel(ModelConfig(action_type="beta"))
