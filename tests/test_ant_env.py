@@ -261,3 +261,46 @@ def test_render_draws_layout():
     px = img.shape[0] // env.spec.size
     r, c = divmod(wall_cell(env), env.spec.size)
     assert (img[r * px + px // 2 + 12, c * px + px // 2 + 12] == 64).all() or (img[r * px + 3, c * px + 3] == 64).all()
+
+
+def test_expert_guidance_points_along_a_safe_shortest_path():
+    from internalrl.experts.ant import MOVE_XY, direction_maps, expert_obs_dim, expert_observation, guidance
+
+    env = make(task=(0, 1, 2), seed=2)
+    g = env.spec.size
+    maps = direction_maps(env)[0]  # (cells, 4)
+    target = env.colour_cell[0, 0]
+    dist = env.layout.dist[0, 0]
+    for cell in range(env.spec.num_cells):
+        if env.cell_identity[0, cell] >= 0 or dist[cell] >= 10_000:
+            continue
+        for move in np.flatnonzero(maps[cell]):  # every suggested move lowers the distance by one
+            r, c = divmod(cell, g)
+            dr, dc = [(-1, 0), (1, 0), (0, -1), (0, 1)][move]
+            nxt = (r + dr) * g + (c + dc)
+            assert dist[nxt] == dist[cell] - 1
+            assert env.cell_identity[0, nxt] < 0 or nxt == target
+    _, here, d = guidance(env)
+    assert np.allclose(np.linalg.norm(d[0]), 1.0) and np.allclose(d[0], here[0] @ MOVE_XY / np.linalg.norm(here[0] @ MOVE_XY))
+    eo = expert_observation(env, env.observation())
+    assert eo.shape == (1, expert_obs_dim(env.spec)) == (1, 111)
+
+
+def test_partial_reset_leaves_other_environments_running():
+    env = BatchedAntPinpad(4, parse_task_set("ant-pretrain", 4), seed=6)
+    env.reset()
+    rng = np.random.default_rng(0)
+    for _ in range(5):
+        env.step(rng.uniform(-1, 1, (4, 8)))
+    teleport(env, 1, centre(env, wall_cell(env, 1)))
+    env.step(np.zeros((4, 8)))
+    assert env.done[1]
+    keep = [0, 2, 3]
+    before = (env.qpos[keep].copy(), env.cell_identity[keep].copy(), env.t[keep].copy())
+    obs = env.reset(indices=[1])
+    assert not env.done[1] and env.t[1] == 0 and env.progress[1] == 0
+    assert np.array_equal(env.cell[1], env.layout.agent[1]) and env.cell_identity[1, env.cell[1]] == -1
+    np.testing.assert_array_equal(env.qpos[keep], before[0])
+    np.testing.assert_array_equal(env.cell_identity[keep], before[1])
+    np.testing.assert_array_equal(env.t[keep], before[2])
+    np.testing.assert_allclose(obs[1, 27:29] * env.spec.half_width, env.xy[1], atol=1e-6)

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import torch
 
-from internalrl.data import (DataError, data_card, generate_grid, grid_observations, iterate_batches,
+from internalrl.data import (DataError, batch_indices, data_card, generate_grid, grid_observations,
                              load_trajectories, make_batch, save_trajectories)
 from internalrl.envs.gridworld import BatchedGridPinpad, GridSpec
 from internalrl.envs.tasks import parse_task_set
@@ -84,12 +84,17 @@ def test_save_load_round_trip_and_errors(small, tmp_path):
         load_trajectories(tmp_path / "e")
 
 
-def test_endless_batches_cover_the_split(small):
-    from internalrl.data import Trajectories
-
-    it = iterate_batches(Trajectories(*small), np.arange(64), 16, np.random.default_rng(0))
-    seen = [next(it).obs.shape[0] for _ in range(8)]
-    assert seen == [16] * 8
+def test_batch_indices_depend_only_on_seed_and_step():
+    idx = np.arange(100, 164)
+    a = batch_indices(idx, 16, seed=0, step=5)
+    assert np.array_equal(a, batch_indices(idx, 16, seed=0, step=5))
+    assert not np.array_equal(a, batch_indices(idx, 16, seed=0, step=6))
+    assert len(np.unique(a)) == 16 and np.isin(a, idx).all()
+    lengths = np.random.default_rng(0).integers(10, 80, size=200)
+    b = batch_indices(idx, 4, seed=0, step=5, lengths=lengths)
+    assert np.array_equal(b, batch_indices(idx, 4, seed=0, step=5, lengths=lengths)) and np.isin(b, idx).all()
+    spread = [np.ptp(lengths[batch_indices(idx, 4, 0, s, lengths)]) for s in range(50)]
+    assert np.mean(spread) < np.ptp(lengths[idx]) / 2  # similar lengths batched together
 
 
 def test_grid_observations_match_environment():

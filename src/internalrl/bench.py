@@ -13,7 +13,7 @@ import numpy as np
 import torch
 
 from .config import Config
-from .data import Trajectories, generate_grid, iterate_batches
+from .data import Trajectories, batch_indices, generate_grid, make_batch
 from .envs.gridworld import BatchedGridPinpad
 from .envs.tasks import parse_task_set
 from .experts.grid import expert_actions
@@ -51,10 +51,9 @@ def bench_train(cfg: Config, steps: int = 10) -> dict:
     torch.manual_seed(0)
     model = SequenceModel(cfg.model).to(device)
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.train.lr)
-    batches = iterate_batches(data, np.arange(data.num_episodes), cfg.train.batch_size, np.random.default_rng(0))
     tokens, elapsed = 0, 0.0
     for i in range(steps + 2):
-        batch = next(batches).to(device)
+        batch = make_batch(data, batch_indices(np.arange(data.num_episodes), cfg.train.batch_size, 0, i)).to(device)
         _sync(device)
         t0 = time.perf_counter()
         losses = sequence_losses(model, batch)

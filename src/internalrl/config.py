@@ -61,6 +61,25 @@ class EvalConfig:
 
 
 @dataclass
+class ProbeConfig:
+    train_episodes: int = 2000  # episodes whose residuals fit the probes (from the training split)
+    test_episodes: int = 1000  # held-out episodes that score them (from the validation split)
+    fit_steps: int = 300  # full-batch Adam steps of the logistic regression
+    over_training: bool = True  # also probe every snapshot of the base model (Fig. A1 heatmap)
+
+
+@dataclass
+class ControllerConfig:
+    layer: int = -1  # controlled layer; -1 means depth // 2 (SPEC: all later control acts at L/2)
+    rank: int = 16  # rank of U = A Bᵀ; 0 means full rank
+    steps: int = 2000
+    batch_size: int = 256
+    lr: float = 1e-3
+    weight_decay: float = 0.0
+    sweep: bool = True  # train and evaluate a set of controllers at every layer (Fig. 4)
+
+
+@dataclass
 class Config:
     seed: int = 0
     env: EnvConfig = field(default_factory=EnvConfig)
@@ -68,6 +87,11 @@ class Config:
     model: ModelConfig = field(default_factory=ModelConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
+    probe: ProbeConfig = field(default_factory=ProbeConfig)
+    controllers: ControllerConfig = field(default_factory=ControllerConfig)
+
+    def control_layer(self) -> int:
+        return self.model.depth // 2 if self.controllers.layer < 0 else self.controllers.layer
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -108,6 +132,14 @@ class Config:
             ("train.device", self.train.device in ("auto", "cpu", "cuda"), "one of auto, cpu, cuda"),
             ("eval.num_envs", self.eval.num_envs >= 1, "at least 1"),
             ("eval.temperature", self.eval.temperature > 0, "positive"),
+            ("probe.train_episodes", self.probe.train_episodes >= 10, "at least 10"),
+            ("probe.test_episodes", self.probe.test_episodes >= 10, "at least 10"),
+            ("probe.fit_steps", self.probe.fit_steps >= 1, "at least 1"),
+            ("controllers.layer", -1 <= self.controllers.layer <= self.model.depth, f"-1 or in 0..{self.model.depth}"),
+            ("controllers.rank", 0 <= self.controllers.rank <= self.model.width, f"in 0..{self.model.width} (0: full)"),
+            ("controllers.steps", self.controllers.steps >= 1, "at least 1"),
+            ("controllers.batch_size", self.controllers.batch_size >= 1, "at least 1"),
+            ("controllers.lr", self.controllers.lr > 0, "positive"),
         ]
         for name, ok, what in checks:
             if not ok:
@@ -123,6 +155,8 @@ def _quick() -> Config:
     c.train = TrainConfig(steps=1500, batch_size=64, lr=1e-3, warmup_steps=100, eval_every=500,
                           checkpoint_every=250, snapshots=5)
     c.eval.num_envs = 1024
+    c.probe = ProbeConfig(train_episodes=1500, test_episodes=500, fit_steps=300)
+    c.controllers = ControllerConfig(steps=300, batch_size=64, lr=3e-3)
     return c
 
 
@@ -146,7 +180,8 @@ def _coerce(value: str, current: Any, name: str) -> Any:
         if isinstance(current, float):
             return float(value)
     except ValueError:
-        raise ConfigError(f"{name} takes a {type(current).__name__}, got {value!r}") from None
+        kind = {"int": "an integer", "float": "a number"}[type(current).__name__]
+        raise ConfigError(f"{name} takes {kind}, got {value!r}") from None
     return value
 
 
@@ -185,12 +220,6 @@ def _spec_ok(cfg: Config) -> bool:
         return True
     except ValueError:
         return False
-
-
-def config_from_dict(d: dict) -> Config:
-    cfg = Config(seed=d["seed"], env=EnvConfig(**d["env"]), data=DataConfig(**d["data"]),
-                 model=ModelConfig(**d["model"]), train=TrainConfig(**d["train"]), eval=EvalConfig(**d["eval"]))
-    return cfg
 
 
 def dumps(cfg: Config) -> str:

@@ -229,11 +229,17 @@ def make_batch(data: Trajectories, idx: np.ndarray) -> Batch:
     return Batch(obs, actions, mask, torch.where(mask, subgoals, -1), optimal)
 
 
-def iterate_batches(data: Trajectories, idx: np.ndarray, batch_size: int, rng: np.random.Generator):
-    """Endless random batches from the episodes ``idx``."""
-    while True:
-        perm = rng.permutation(idx)
-        for i in range(0, len(perm) - batch_size + 1, batch_size):
-            yield make_batch(data, perm[i : i + batch_size])
-        if len(perm) < batch_size:
-            yield make_batch(data, perm)
+def batch_indices(idx: np.ndarray, batch_size: int, seed: int, step: int, lengths: np.ndarray | None = None,
+                  window: int = 4) -> np.ndarray:
+    """The episodes of training step ``step``: a function of (seed, step) alone, so a run
+    resumed from a checkpoint sees exactly the batches an uninterrupted run would.
+
+    With ``lengths`` (of every episode), a batch is drawn from a random window of
+    ``window * batch_size`` episodes of similar length, so padding wastes little compute."""
+    rng = np.random.default_rng([seed, step])
+    size = min(batch_size, len(idx))
+    if lengths is None or len(idx) <= window * batch_size:
+        return rng.choice(idx, size=size, replace=False)
+    ordered = idx[np.argsort(lengths[idx], kind="stable")]
+    start = rng.integers(0, len(ordered) - window * batch_size + 1)
+    return rng.choice(ordered[start : start + window * batch_size], size=size, replace=False)

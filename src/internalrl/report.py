@@ -109,7 +109,67 @@ def section_eval_base(root: Path, figs: Path) -> str:
         + html.escape(", ".join(f"{k}: {v}" for k, v in sorted(counts.items()))) + "</p>")
 
 
-SECTIONS = [("data", section_data), ("base_model", section_base_model), ("eval_base", section_eval_base)]
+SUBGOAL_NAMES = "ABCDEFGHIJKL"
+
+
+def section_probes(root: Path, figs: Path) -> str:
+    m = json.loads((root / "probes" / "metrics.json").read_text())
+    acc = m["accuracy_per_layer"]
+    fig, ax = plt.subplots(1, 3, figsize=(14, 3.2))
+    ax[0].plot(range(len(acc)), acc, "o-")
+    ax[0].axhline(m["majority_class_rate"], color="k", ls="--", label="majority class")
+    ax[0].set(xlabel="layer (0 = embedding)", ylabel="subgoal probe accuracy", title="probe accuracy per layer")
+    ax[0].legend()
+    pos = np.array(m["accuracy_by_segment_position"])
+    for layer in range(len(acc)):
+        ax[1].plot(pos[layer], label=f"layer {layer}")
+    ax[1].set(xlabel="steps since the subgoal began (last bin: ≥)", ylabel="accuracy", title="belief sharpening")
+    ax[1].legend(fontsize=7)
+    if m["over_training"]:
+        steps = sorted(m["over_training"], key=int)
+        grid = np.array([m["over_training"][s] for s in steps]).T
+        im = ax[2].imshow(grid, aspect="auto", origin="lower", cmap="viridis")
+        ax[2].set_xticks(range(len(steps)), steps, rotation=45, fontsize=7)
+        ax[2].set(xlabel="base-model training step", ylabel="layer", title="probe accuracy over training")
+        fig.colorbar(im, ax=ax[2])
+    html_ = _img(_png(fig, figs / "probes.png"), "Linear probes of the ground-truth subgoal (held-out episodes).")
+    ex = np.load(root / "probes" / "example_episode.npz", allow_pickle=False)
+    probs, truth = ex["probs"], ex["subgoals"]
+    layers, t, k = probs.shape
+    fig, axes = plt.subplots(layers + 1, 1, figsize=(10, 0.55 * (layers + 1) + 0.6), sharex=True)
+    colours = plt.cm.tab10(np.arange(k))
+    axes[0].imshow(colours[truth][None], aspect="auto")
+    axes[0].set_yticks([0], ["truth"])
+    for layer in range(layers):
+        rgb = (probs[layer][..., None] * colours[None, :, :3]).sum(1)  # mix colours by probability
+        axes[layer + 1].imshow(rgb[None], aspect="auto")
+        axes[layer + 1].set_yticks([0], [f"layer {layer}"])
+    axes[-1].set_xlabel("time step")
+    fig.suptitle("decoded subgoal along one held-out episode (colour mixes by probability; "
+                 + ", ".join(f"{SUBGOAL_NAMES[i]}" for i in range(k)) + " in tab10 order)", fontsize=9)
+    html_ += _img(_png(fig, figs / "probe_episode.png"), "Probe read-out per layer against the ground-truth subgoal.")
+    return "<h2>Linear probes</h2>" + _table({k_: v for k_, v in m["headline"].items() if k_ != "accuracy_per_layer"}
+                                          | {"accuracy per layer": " ".join(f"{a:.3f}" for a in acc)}) + html_
+
+
+def section_controllers(root: Path, figs: Path) -> str:
+    m = json.loads((root / "controllers" / "metrics.json").read_text())
+    h = m["headline"]
+    layers = sorted(m["per_layer"], key=int)
+    fig, ax = plt.subplots(figsize=(5, 3.2))
+    ax.plot([int(l) for l in layers], [m["per_layer"][l]["posttrain_success"] for l in layers], "o-", label="post-training task")
+    ax.plot([int(l) for l in layers], [m["per_layer"][l]["pretrain_success"] for l in layers], "s--", label="pretraining tasks")
+    ax.axhline(h["uncontrolled_posttrain_success"], color="k", ls=":", label="uncontrolled, post-training")
+    ax.set(xlabel="controlled layer", ylabel="success rate", ylim=(-0.02, 1.02), title="supervised subgoal controllers")
+    ax.legend(fontsize=8)
+    rows = {k: v for k, v in h.items() if k not in ("posttrain_success_per_layer", "layers")}
+    return "<h2>Supervised subgoal controllers</h2>" + _table(rows) + _img(
+        _png(fig, figs / "controllers.png"),
+        "Success when the controller of the current ground-truth subgoal acts at each layer (Fig. 4).")
+
+
+SECTIONS = [("data", section_data), ("base_model", section_base_model), ("eval_base", section_eval_base),
+            ("probes", section_probes), ("controllers", section_controllers)]
 
 
 def write_report(root: str | Path) -> Path:

@@ -95,3 +95,104 @@ def stage_eval_base(cfg: Config, run: RunDir, progress: bool = True):
          f"{cfg.eval.num_envs} episodes; post-training task success {100 * postr['success_rate']:.2f}%")
     return run.finish("eval_base", {"eval": asdict(cfg.eval), "seed": cfg.seed},
                       {"headline": headline, "free_play": free, "posttrain": postr})
+
+
+def _subgoal_count(cfg: Config) -> int:
+    return cfg.env.spec().num_subgoals
+
+
+def stage_probes(cfg: Config, run: RunDir, progress: bool = True):
+    """Layer-wise linear probes of the ground-truth subgoal (SPEC §4), over training too."""
+    from .analysis.probes import decode_episode, probe_layers
+
+    if run.done("probes"):
+        _log("probes: finished earlier, skipped")
+        return run.path("probes")
+    t0 = time.perf_counter()
+    device = resolve_device(cfg.train.device)
+    data = load_trajectories(run.require("data", "data"))
+    base = run.require("base_model", "train")
+    train_idx, val_idx = data.split(cfg.data.val_fraction)
+    fit_idx, test_idx = train_idx[: cfg.probe.train_episodes], val_idx[: cfg.probe.test_episodes]
+    k = _subgoal_count(cfg)
+    model = load_model(base, device=device)
+    final = probe_layers(model, data, fit_idx, test_idx, k, device, steps=cfg.probe.fit_steps)
+    probs, truth = decode_episode(model, final.pop("probes"), data, int(test_idx[0]), device)
+    work = run.partial("probes")
+    np.savez(work / "example_episode.npz", probs=probs, subgoals=truth)
+    over_training = {}
+    if cfg.probe.over_training:
+        snaps = sorted((base / "snapshots").glob("step_*.safetensors"))
+        for snap in snaps:
+            step = int(snap.stem.split("_")[1])
+            m = load_model(base / "snapshots", name=snap.stem, device=device)
+            res = probe_layers(m, data, fit_idx, test_idx, k, device, steps=cfg.probe.fit_steps)
+            over_training[step] = res["accuracy_per_layer"]
+            _log(f"probes: snapshot step {step}: " + " ".join(f"{a:.2f}" for a in res["accuracy_per_layer"]))
+    acc = final["accuracy_per_layer"]
+    headline = {
+        "accuracy_per_layer": acc, "best_layer": int(np.argmax(acc)), "majority_class_rate": final["majority_class_rate"],
+        "seconds": time.perf_counter() - t0,
+    }
+    _log("probes: subgoal accuracy per layer (0 = embedding): " + " ".join(f"{a:.3f}" for a in acc))
+    return run.finish("probes", {"probe": asdict(cfg.probe), "seed": cfg.seed},
+                      {"headline": headline, **final, "over_training": over_training})
+
+
+def stage_controllers(cfg: Config, run: RunDir, progress: bool = True):
+    """Supervised subgoal controllers at L/2 (and every layer for the sweep), evaluated on the
+    post-training and pretraining tasks by following the ground-truth subgoal."""
+    from safetensors.torch import save_file
+
+    from .analysis.controllers import rollout_with_controllers, train_controllers
+    from .envs.gridworld import BatchedGridPinpad
+
+    if run.done("controllers"):
+        _log("controllers: finished earlier, skipped")
+        return run.path("controllers")
+    t0 = time.perf_counter()
+    device = resolve_device(cfg.train.device)
+    data = load_trajectories(run.require("data", "data"))
+    if cfg.data.epsilon > 0:
+        _log("controllers: note: trained on the stored data, generated with epsilon > 0 (SPEC asks for clean D*)")
+    model = load_model(run.require("base_model", "train"), device=device)
+    spec = cfg.env.spec()
+    post = parse_task_set(cfg.env.posttrain_task, spec.num_objects)
+    pre = parse_task_set(cfg.env.pretrain_tasks, spec.num_objects)
+    train_idx, _ = data.split(cfg.data.val_fraction)
+    cc = cfg.controllers
+    rank = None if cc.rank == 0 else cc.rank
+    main_layer = cfg.control_layer()
+    layers = list(range(model.depth + 1)) if cc.sweep else [main_layer]
+    work = run.partial("controllers")
+    seed = cfg.seed + 2000
+
+    def evaluate(ctl, layer, tasks, offset):
+        env = BatchedGridPinpad(cfg.eval.num_envs, tasks, spec, seed=seed + offset)
+        return rollout_with_controllers(model, ctl, layer, env, seed + offset, device)
+
+    uncontrolled = {"posttrain": evaluate(None, main_layer, post, 0)["success_rate"],
+                    "pretrain": evaluate(None, main_layer, pre, 1)["success_rate"]}
+    per_layer = {}
+    for layer in layers:
+        ctl, curve = train_controllers(model, data, train_idx, layer, _subgoal_count(cfg), rank, cc.steps,
+                                       cc.batch_size, cc.lr, cc.weight_decay, seed, device, progress)
+        res = {"posttrain_success": evaluate(ctl, layer, post, 0)["success_rate"],
+               "pretrain_success": evaluate(ctl, layer, pre, 1)["success_rate"],
+               "final_train_nll": curve[-1][1]}
+        per_layer[layer] = res
+        save_file({k: v.detach().cpu().contiguous() for k, v in ctl.state_dict().items()},
+                  str(work / f"controllers_layer{layer}.safetensors"))
+        _log(f"controllers: layer {layer}: post-training task success {res['posttrain_success']:.3f}, "
+             f"pretraining tasks {res['pretrain_success']:.3f}")
+    headline = {
+        "layer": main_layer, "rank": cc.rank or "full",
+        "posttrain_success": per_layer[main_layer]["posttrain_success"],
+        "pretrain_success": per_layer[main_layer]["pretrain_success"],
+        "uncontrolled_posttrain_success": uncontrolled["posttrain"],
+        "uncontrolled_pretrain_success": uncontrolled["pretrain"],
+        "posttrain_success_per_layer": [per_layer[l]["posttrain_success"] for l in layers],
+        "layers": layers, "episodes_each": cfg.eval.num_envs, "seconds": time.perf_counter() - t0,
+    }
+    return run.finish("controllers", {"controllers": asdict(cc), "seed": cfg.seed},
+                      {"headline": headline, "per_layer": per_layer, "uncontrolled": uncontrolled})

@@ -17,7 +17,7 @@ from safetensors.torch import load_file, save_file
 from tqdm.auto import tqdm
 
 from .config import Config
-from .data import Batch, Trajectories, iterate_batches, make_batch
+from .data import Batch, Trajectories, batch_indices, make_batch
 from .models.sequence_model import ModelConfig, SequenceModel
 
 
@@ -92,14 +92,19 @@ def lr_at(step: int, cfg) -> float:
     return cfg.lr * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * min(1.0, frac))))
 
 
-def train_base_model(cfg: Config, data: Trajectories, work: Path, progress: bool = True) -> tuple[SequenceModel, dict]:
+def train_base_model(cfg: Config, data: Trajectories, work: Path, progress: bool = True,
+                     stop_after: int | None = None) -> tuple[SequenceModel | None, dict]:
+    """Train (or resume) in ``work``. ``stop_after`` ends this session after that many steps
+    with a checkpoint written (returns ``(None, info)``), as if the run had been killed."""
     tc = cfg.train
     device = resolve_device(tc.device)
     torch.manual_seed(cfg.seed)
     model = SequenceModel(cfg.model).to(device)
     opt = torch.optim.AdamW(model.parameters(), lr=tc.lr, weight_decay=tc.weight_decay)
     train_idx, val_idx = data.split(cfg.data.val_fraction)
+    lengths = data.arrays["lengths"]
     start = 0
+    work.mkdir(parents=True, exist_ok=True)
     ckpt = work / "checkpoint.json"
     if ckpt.exists():
         try:
@@ -111,7 +116,6 @@ def train_base_model(cfg: Config, data: Trajectories, work: Path, progress: bool
             raise CheckpointError(f"the training checkpoint in {work} is corrupt ({type(e).__name__}); "
                                   f"delete {work} to restart this stage from scratch") from None
     snapshot_steps = sorted({int(round(tc.steps * (i + 1) / tc.snapshots)) for i in range(tc.snapshots)})
-    batches = iterate_batches(data, train_idx, tc.batch_size, np.random.default_rng([cfg.seed, start]))
     log = open(work / "train_log.jsonl", "a")
     bar = tqdm(range(start, tc.steps), initial=start, total=tc.steps, desc="pretrain base model", disable=not progress)
     t0, tokens = time.perf_counter(), 0
@@ -119,7 +123,7 @@ def train_base_model(cfg: Config, data: Trajectories, work: Path, progress: bool
     for step in bar:
         for g in opt.param_groups:
             g["lr"] = lr_at(step, tc)
-        batch = next(batches).to(device)
+        batch = make_batch(data, batch_indices(train_idx, tc.batch_size, cfg.seed, step, lengths)).to(device)
         losses = sequence_losses(model, batch)
         loss = losses["action_nll"] + tc.obs_loss_weight * losses["obs_nll"]
         opt.zero_grad(set_to_none=True)
@@ -141,11 +145,16 @@ def train_base_model(cfg: Config, data: Trajectories, work: Path, progress: bool
             log.flush()
         if done in snapshot_steps:
             save_model(model, work / "snapshots", f"step_{done:07d}")
-        if done % tc.checkpoint_every == 0 and done < tc.steps:
+        interrupt = stop_after is not None and done - start >= stop_after and done < tc.steps
+        if (done % tc.checkpoint_every == 0 and done < tc.steps) or interrupt:
             save_file({k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()},
                       str(work / "checkpoint.safetensors"))
             torch.save(opt.state_dict(), work / "checkpoint_optim.pt")
             ckpt.write_text(json.dumps({"step": done, "train_seconds": train_time + time.perf_counter() - t0}))
+        if interrupt:
+            bar.close()
+            log.close()
+            return None, {"stopped_at": done}
     bar.close()
     log.close()
     train_time += time.perf_counter() - t0

@@ -1,0 +1,96 @@
+"""End to end on a tiny config: the stages, the run directory's guarantees, and bad input."""
+import json
+
+import pytest
+import torch
+
+from internalrl.cli import main
+from internalrl.train import CheckpointError
+
+TINY = ["--set", "data.num_episodes=60", "--set", "model.width=16", "--set", "model.depth=2",
+        "--set", "model.heads=2", "--set", "model.head_dim=8", "--set", "model.mlp=16",
+        "--set", "train.steps=6", "--set", "train.batch_size=8", "--set", "train.eval_every=3",
+        "--set", "train.checkpoint_every=2", "--set", "train.snapshots=2", "--set", "train.warmup_steps=1",
+        "--set", "eval.num_envs=8", "--set", "probe.train_episodes=20", "--set", "probe.test_episodes=10",
+        "--set", "probe.fit_steps=5", "--set", "controllers.steps=3", "--set", "controllers.batch_size=4", "--no-progress"]
+
+
+def test_run_writes_results_and_report_then_skips_finished_stages(tmp_path, capsys):
+    out = tmp_path / "run"
+    assert main(["run", "--out", str(out), *TINY]) == 0
+    results = json.loads((out / "results.json").read_text())
+    assert {"data", "base_model", "eval_base", "probes", "controllers"} <= set(results)
+    assert 0 <= results["eval_base"]["free_play_completion"] <= 1
+    assert (out / "report.html").read_text().count("<img") >= 6
+    assert len(list((out / "base_model" / "snapshots").glob("*.safetensors"))) == 2
+    for stage in ("data", "base_model", "eval_base"):
+        assert json.loads((out / stage / "metrics.json").read_text())
+    weights = (out / "base_model" / "model.safetensors").read_bytes()
+    capsys.readouterr()
+    assert main(["run", "--out", str(out), *TINY]) == 0
+    assert capsys.readouterr().out.count("finished earlier, skipped") == 5
+    assert (out / "base_model" / "model.safetensors").read_bytes() == weights
+
+
+def test_killed_training_resumes_to_the_same_weights(tmp_path):
+    from internalrl.config import load_config
+    from internalrl.data import load_trajectories
+    from internalrl.train import train_base_model
+
+    out = tmp_path / "run"
+    assert main(["data", "--out", str(out), *TINY]) == 0
+    cfg = load_config("quick", [a for a in TINY if "=" in a])
+    data = load_trajectories(out / "data")
+    full, _ = train_base_model(cfg, data, tmp_path / "full", progress=False)
+    model, info = train_base_model(cfg, data, tmp_path / "resumed", progress=False, stop_after=3)
+    assert model is None and info["stopped_at"] == 3
+    assert json.loads((tmp_path / "resumed" / "checkpoint.json").read_text())["step"] == 3
+    resumed, _ = train_base_model(cfg, data, tmp_path / "resumed", progress=False)
+    for (k, a), b in zip(full.state_dict().items(), resumed.state_dict().values()):
+        assert torch.allclose(a, b, atol=1e-6), k
+    assert not (tmp_path / "resumed" / "checkpoint.json").exists()
+    # a corrupt checkpoint is refused with what to do
+    train_base_model(cfg, data, tmp_path / "bad", progress=False, stop_after=2)
+    (tmp_path / "bad" / "checkpoint.safetensors").write_bytes(b"junk")
+    with pytest.raises(CheckpointError, match="delete"):
+        train_base_model(cfg, data, tmp_path / "bad", progress=False)
+
+
+def test_bad_input_exits_nonzero_and_keeps_finished_artifacts(tmp_path, capsys):
+    assert main(["run", "--preset", "nope"]) == 2
+    assert "unknown preset 'nope'" in capsys.readouterr().err
+    assert main(["run", "--out", str(tmp_path / "x"), "--set", "env.size=1"]) == 2
+    assert "env" in capsys.readouterr().err
+    assert main(["run", "--out", str(tmp_path / "x"), "--set", "env.posttrain_task=0-1-9"]) == 2
+    assert "colour" in capsys.readouterr().err
+    assert main(["run", "--out", str(tmp_path / "x"), "--set", "train.stepz=3"]) == 2
+    assert "unknown config field 'train.stepz'" in capsys.readouterr().err
+
+    out = tmp_path / "run"
+    assert main(["data", "--out", str(out), *TINY]) == 0
+    card = (out / "data" / "card.json").read_text()
+    # the same folder with another config: refused, nothing touched
+    assert main(["data", "--out", str(out), *TINY, "--seed", "5"]) == 2
+    assert "another run's artifacts" in capsys.readouterr().err
+    assert (out / "data" / "card.json").read_text() == card
+    # a stage whose input is missing says which command to run
+    assert main(["evaluate", "--out", str(out), *TINY]) == 2
+    assert "internalrl train" in capsys.readouterr().err
+    # a folder with unrelated files is not taken over
+    (tmp_path / "other").mkdir()
+    (tmp_path / "other" / "notes.txt").write_text("mine")
+    assert main(["data", "--out", str(tmp_path / "other"), *TINY]) == 2
+    assert (tmp_path / "other" / "notes.txt").read_text() == "mine"
+
+
+def test_corrupt_checkpoint_is_reported(tmp_path, capsys):
+    out = tmp_path / "run"
+    assert main(["run", "--out", str(out), *TINY]) == 0
+    # a corrupt finished model: evaluation refuses it with a clear message
+    (out / "base_model" / "model.safetensors").write_bytes(b"broken")
+    import shutil
+
+    shutil.rmtree(out / "eval_base")
+    assert main(["evaluate", "--out", str(out), *TINY]) == 2
+    assert "corrupt" in capsys.readouterr().err
+    assert not (out / "eval_base").exists()
