@@ -304,3 +304,15 @@ def test_partial_reset_leaves_other_environments_running():
     np.testing.assert_array_equal(env.cell_identity[keep], before[1])
     np.testing.assert_array_equal(env.t[keep], before[2])
     np.testing.assert_allclose(obs[1, 27:29] * env.spec.half_width, env.xy[1], atol=1e-6)
+
+
+def test_grid_moves_match_floor_geometry():
+    from internalrl.envs.gridworld import neighbour_table
+    from internalrl.experts.ant import MOVE_XY
+
+    spec = AntSpec()
+    c, nb = cell_centres(spec), neighbour_table(spec.size)
+    for cell in range(spec.num_cells):
+        for move in range(4):
+            if nb[cell, move] >= 0:
+                np.testing.assert_allclose(c[nb[cell, move]] - c[cell], MOVE_XY[move] * spec.cell_size)

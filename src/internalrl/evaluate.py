@@ -21,10 +21,13 @@ def rollout_base_model(model: SequenceModel, env: BatchedGridPinpad, *, free_pla
     obs = env.reset(free_play=free_play)
     state = model.initial_state(env.num_envs, device)
     paths = [env.agent[:record].copy()]
+    visits: list[list[int]] = [[] for _ in range(record)]
     for _ in range(env.spec.horizon):
         action = model.act(torch.as_tensor(obs, device=device), state, gen, temperature)
-        obs, _, _, _, _ = env.step(action.cpu().numpy())
+        obs, _, _, _, info = env.step(action.cpu().numpy())
         paths.append(env.agent[:record].copy())
+        for i in np.flatnonzero(info["visited"][:record] >= 0):
+            visits[i].append(int(info["visited"][i]))
         if env.done.all():
             break
     success = env.succeeded
@@ -36,6 +39,7 @@ def rollout_base_model(model: SequenceModel, env: BatchedGridPinpad, *, free_pla
         "mean_length": float(env.t.mean()),
         "task_counts": {task_str(t): int(c) for t, c in zip(env.tasks, counts) if c},
         "paths": np.stack(paths, 1),  # (record, steps+1) agent cells
+        "examples": [{"visited": "-".join(map(str, v)), "success": bool(success[i])} for i, v in enumerate(visits)],
     }
 
 

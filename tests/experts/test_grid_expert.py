@@ -56,3 +56,17 @@ def test_noisy_expert_never_steps_on_a_wrong_colour():
         assert not info["failure"].any()
     assert safe_action_mask(env).any(1).all()
     assert env.dist.max() <= UNREACHABLE
+
+
+def test_task_marginal_reference_equals_expert_when_there_is_one_task_and_is_worse_with_many():
+    from internalrl.data import expert_reference, generate_grid
+    from internalrl.experts.grid import task_marginal_reference
+
+    spec = GridSpec()
+    one = parse_task_set("0-1-2-3", 8)
+    arrays, _ = generate_grid(64, one, spec, seed=0, chunk=64, progress=False)
+    ref = expert_reference(arrays)
+    marg = task_marginal_reference(arrays, one, spec)
+    assert abs(marg["nll"] - ref["nll"]) < 1e-9
+    arrays, _ = generate_grid(128, TASKS, spec, seed=0, chunk=128, progress=False)
+    assert task_marginal_reference(arrays, TASKS, spec)["nll"] > expert_reference(arrays)["nll"] + 0.1

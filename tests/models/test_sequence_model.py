@@ -113,3 +113,46 @@ def test_gaussian_heads_give_finite_log_probs():
 def test_bad_model_config_names_the_field():
     with pytest.raises(ValueError, match="model.action_type"):
         SequenceModel(ModelConfig(action_type="beta"))
+
+
+def test_egocentric_window_puts_neighbours_at_fixed_offsets():
+    from internalrl.envs.gridworld import BatchedGridPinpad, GridSpec
+    from internalrl.envs.tasks import parse_task_set
+    from internalrl.models.sequence_model import EgocentricGrid
+
+    env = BatchedGridPinpad(64, parse_task_set("grid-pretrain", 8), GridSpec(), seed=0)
+    obs = torch.as_tensor(env.reset())
+    window = EgocentricGrid(7, 637)(obs)[:, : 13 * 13 * 13].reshape(64, 13, 13, 13)
+    for i in range(64):
+        r, c = divmod(int(env.agent[i]), 7)
+        for dr in range(-6, 7):
+            for dc in range(-6, 7):
+                cell = window[i, 6 + dr, 6 + dc]
+                rr, cc = r + dr, c + dc
+                if 0 <= rr < 7 and 0 <= cc < 7:
+                    ident = env.cell_identity[i, rr * 7 + cc]
+                    want = torch.zeros(13)
+                    if ident >= 0:
+                        want[ident] = 1
+                    assert torch.equal(cell, want)
+                else:
+                    assert cell[12] == 1 and cell[:12].sum() == 0  # outside the grid
+
+
+def test_egocentric_model_keeps_step_sequence_parity():
+    torch.manual_seed(0)
+    cfg = ModelConfig(obs_dim=637, width=32, depth=2, heads=2, head_dim=16, mlp=64, obs_encoder="egocentric")
+    m = SequenceModel(cfg).eval()
+    from internalrl.envs.gridworld import BatchedGridPinpad, GridSpec
+    from internalrl.envs.tasks import parse_task_set
+
+    env = BatchedGridPinpad(3, parse_task_set("grid-pretrain", 8), GridSpec(), seed=0)
+    seq = [env.reset()]
+    for _ in range(12):
+        seq.append(env.step(np.random.default_rng(len(seq)).integers(0, 4, 3))[0])
+    x = torch.as_tensor(np.stack(seq, 1))
+    state = m.initial_state(3)
+    steps = torch.cat([m(x[:, t : t + 1], state=state).action for t in range(x.shape[1])], 1)
+    assert torch.allclose(steps, m(x).action, atol=1e-5)
+    with pytest.raises(ValueError, match="grid_size"):
+        SequenceModel(ModelConfig(obs_dim=100, obs_encoder="egocentric"))

@@ -19,11 +19,13 @@ Expert observation, ``D + 4·G² + 4 + 2`` numbers (41 + 64 + 6 = 111 for the pa
 
 [choice] reward details: ``d`` is the normalised sum of the tied moves (a diagonal when two
 tie); the task reward is weighted ``success_bonus = 10``; each correct colour visited earns
-``visit_bonus = 1``; a small control cost ``0.02·Σa²``. PPO as in CleanRL's continuous PPO
-(Gaussian with state-independent log-std, separate actor and critic MLPs of 128-128 tanh,
-GAE λ = 0.95, γ = 0.99, clip 0.2, running observation normalisation and return-based reward
-scaling). A rollout is one lock-step batch of whole episodes (the environments do not
-auto-reset). Weights and normaliser are saved with safetensors.
+``visit_bonus = 1``; a failure (wall, fall, wrong colour) costs ``failure_penalty = 5``; every
+step earns ``alive_bonus = 0.1`` and pays a control cost ``0.02·Σa²``. PPO as in CleanRL's
+continuous PPO (Gaussian with state-independent log-std, separate actor and critic MLPs of
+128-128 tanh, 64 environments × 64-step segments with auto-reset, 10 epochs of 32
+minibatches, GAE λ = 0.95, γ = 0.99, clip 0.2, linearly annealed learning rate 3e-4, running
+observation normalisation and return-based reward scaling; a time-limit end bootstraps from
+the value of its last observation). All are fields of :class:`AntExpertConfig`.
 
 Datasets: :func:`generate_ant_dataset` rolls the expert out on the plain environment and
 keeps only successful episodes, storing the *plain* observations (never the expert's
@@ -187,7 +189,7 @@ class AntExpertConfig:
     gamma: float = 0.99
     gae_lambda: float = 0.95
     update_epochs: int = 10
-    num_minibatches: int = 8
+    num_minibatches: int = 32
     clip: float = 0.2
     vf_coef: float = 0.5
     ent_coef: float = 0.0

@@ -50,3 +50,29 @@ def expert_actions(env: BatchedGridPinpad, rng: np.random.Generator, epsilon: fl
         if noisy.any():
             actions = np.where(noisy, sample_masked(safe_action_mask(env), rng), actions)
     return actions, optimal
+
+
+def task_marginal_reference(arrays: dict, tasks, spec) -> dict:
+    """How well the expert's action can be predicted by someone who knows the layout and which
+    colours were visited, but not the task: the expert's distribution averaged over the tasks
+    still consistent with the visits. A fair bar for the base model, which must infer the task
+    (it also sees the path, so it can do a little better than this)."""
+    n = len(arrays["lengths"])
+    env = BatchedGridPinpad(n, tasks, spec, seed=0, require_solvable=False)
+    env.reset(free_play=True)
+    env.load_layout(arrays["layout"].astype(np.int64), arrays["agent"][:, 0].astype(np.int64))
+    correct, logp = [], []
+    for t in range(int(arrays["lengths"].max())):
+        live = t < arrays["lengths"]
+        expected = env.task_table[:, env.progress].T  # (N, K) next colour of every task
+        probs = np.zeros((n, 4))
+        for k in range(len(tasks)):
+            legs = env.leg_distances(np.maximum(expected[:, k], 0), env.agent)
+            best = legs == legs.min(1, keepdims=True)
+            probs += env.consistent[:, k : k + 1] * best / best.sum(1, keepdims=True)
+        probs /= probs.sum(1, keepdims=True)
+        action = arrays["actions"][:, t].astype(np.int64)
+        correct.append((probs.argmax(1) == action)[live])
+        logp.append(np.log(np.maximum(probs[np.arange(n), action], 1e-12))[live])
+        env.step(np.where(live, action, 0))
+    return {"accuracy": float(np.concatenate(correct).mean()), "nll": float(-np.concatenate(logp).mean())}

@@ -40,6 +40,8 @@ class ModelConfig:
     rel_max_distance: int = 128
     init_scale: float = 0.1  # variance scale of the fan-in initialisation
     max_len: int = 128  # longest sequence the step cache holds
+    obs_encoder: str = "linear"  # "linear": W·o_t; "egocentric": W·(o_t re-indexed around the agent)
+    grid_size: int = 7  # only read by the egocentric encoder
 
     def validate(self) -> None:
         for name in ("obs_dim", "action_dim", "width", "depth", "heads", "head_dim", "mlp", "rel_buckets", "max_len"):
@@ -53,6 +55,11 @@ class ModelConfig:
             raise ValueError("model.rel_max_distance must exceed model.rel_buckets / 2")
         if self.init_scale <= 0:
             raise ValueError("model.init_scale must be positive")
+        if self.obs_encoder not in ("linear", "egocentric"):
+            raise ValueError(f"model.obs_encoder must be 'linear' or 'egocentric', got {self.obs_encoder!r}")
+        if self.obs_encoder == "egocentric" and (self.grid_size < 2 or self.obs_dim % self.grid_size ** 2):
+            raise ValueError(f"model.obs_encoder=egocentric needs a grid observation: obs_dim ({self.obs_dim}) must be "
+                             f"a multiple of grid_size² ({self.grid_size}² = {self.grid_size ** 2})")
 
 
 @dataclass
@@ -77,12 +84,53 @@ class ModelState:
 Intervention = Callable[[torch.Tensor], torch.Tensor]
 
 
+class EgocentricGrid(nn.Module):
+    """A fixed re-indexing of a gridworld observation around the agent (no parameters).
+
+    The ``(G, G, C)`` observation (last channel: the agent) is padded to ``3G-2`` cells a side
+    with an extra "outside the grid" channel, and the ``(2G-1)²`` window centred on the agent is
+    cut out, dropping the agent channel: ``(2G-1)² · C`` numbers. "Colour k is just above the
+    agent" becomes one input, which a linear embedding can use directly. Nothing is lost: the
+    "outside" cells give the agent's absolute position, so the window determines ``o_t``."""
+
+    def __init__(self, grid_size: int, obs_dim: int) -> None:
+        super().__init__()
+        g = grid_size
+        self.g, self.c = g, obs_dim // (g * g)
+        p, s = 3 * g - 2, 2 * g - 1
+        rows, cols = torch.arange(g * g) // g, torch.arange(g * g) % g
+        dr, dc = torch.meshgrid(torch.arange(s), torch.arange(s), indexing="ij")
+        # window of agent cell (r, c) covers padded rows r..r+2G-2 and cols c..c+2G-2
+        index = (rows[:, None] + dr.reshape(1, -1)) * p + (cols[:, None] + dc.reshape(1, -1))
+        self.register_buffer("index", index, persistent=False)  # (G*G, S*S)
+        self.out_dim = s * s * self.c
+
+    def forward(self, obs: torch.Tensor) -> torch.Tensor:
+        g, c = self.g, self.c
+        lead = obs.shape[:-1]
+        grid = obs.reshape(-1, g, g, c)
+        agent = grid[..., c - 1].reshape(-1, g * g).argmax(-1)  # (N,)
+        content = torch.cat([grid[..., : c - 1], torch.zeros_like(grid[..., :1])], -1)  # last: outside flag
+        padded = F.pad(content.permute(0, 3, 1, 2), (g - 1, g - 1, g - 1, g - 1)).permute(0, 2, 3, 1)
+        outside = torch.ones(padded.shape[1:3], device=obs.device, dtype=obs.dtype)
+        outside[g - 1 : 2 * g - 1, g - 1 : 2 * g - 1] = 0
+        padded = padded.clone()
+        padded[..., c - 1] = outside
+        flat = padded.reshape(padded.shape[0], -1, c)
+        window = flat.gather(1, self.index[agent][..., None].expand(-1, -1, c))  # (N, S*S, C)
+        return window.reshape(*lead, -1)
+
+
 class SequenceModel(nn.Module):
     def __init__(self, cfg: ModelConfig) -> None:
         super().__init__()
         cfg.validate()
         self.cfg = cfg
-        self.embed = nn.Linear(cfg.obs_dim, cfg.width)
+        if cfg.obs_encoder == "egocentric":
+            ego = EgocentricGrid(cfg.grid_size, cfg.obs_dim)
+            self.embed = nn.Sequential(ego, nn.Linear(ego.out_dim, cfg.width))
+        else:
+            self.embed = nn.Linear(cfg.obs_dim, cfg.width)
         self.blocks = nn.ModuleList(
             TransformerBlock(cfg.width, cfg.heads, cfg.head_dim, cfg.mlp, cfg.rel_buckets, cfg.rel_max_distance)
             for _ in range(cfg.depth)
