@@ -316,3 +316,31 @@ def test_grid_moves_match_floor_geometry():
         for move in range(4):
             if nb[cell, move] >= 0:
                 np.testing.assert_allclose(c[nb[cell, move]] - c[cell], MOVE_XY[move] * spec.cell_size)
+
+
+def test_expert_dataset_format(tmp_path):
+    import torch
+
+    from internalrl.data import load_trajectories, make_batch
+    from internalrl.experts.ant import AntExpertPolicy, expert_obs_dim, generate_ant_dataset, write_ant_dataset
+
+    torch.manual_seed(0)
+    spec = AntSpec(horizon=60)
+    policy = AntExpertPolicy(expert_obs_dim(spec))  # untrained: a single-colour task succeeds now and then
+    tasks = [(0,), (1,), (2,), (3,)]
+    arrays, stats = generate_ant_dataset(3, tasks, seed=0, policy=policy, mean_actions=False, spec=spec,
+                                         num_envs=64, max_rollouts=256, progress=False)
+    n = stats["episodes_kept"]
+    assert n >= 1 and stats["expert_episodes_failed"] == stats["expert_episodes_rolled_out"] - stats["expert_episodes_succeeded"]
+    L = arrays["lengths"].astype(int)
+    tmax = L.max()
+    assert arrays["observations"].shape == (n, tmax + 1, 41) and arrays["observations"].dtype == np.float32
+    assert arrays["actions"].shape == (n, tmax, 8) and np.abs(arrays["actions"]).max() <= 1
+    for i in range(n):  # the subgoal is the task's colour until the end, -1 after
+        assert (arrays["subgoals"][i, : L[i]] == tasks[arrays["task_id"][i]][0]).all()
+        assert (arrays["subgoals"][i, L[i]:] == -1).all()
+    write_ant_dataset(tmp_path / "d", arrays, stats, tasks, spec)
+    data = load_trajectories(tmp_path / "d")
+    assert data.card["obs_format"] == "dense" and data.obs_dim == 41
+    batch = make_batch(data, np.arange(n))
+    assert batch.obs.shape[-1] == 41 and batch.actions.shape[-1] == 8

@@ -12,23 +12,24 @@ TINY = ["--set", "data.num_episodes=60", "--set", "model.width=16", "--set", "mo
         "--set", "train.steps=6", "--set", "train.batch_size=8", "--set", "train.eval_every=3",
         "--set", "train.checkpoint_every=2", "--set", "train.snapshots=2", "--set", "train.warmup_steps=1",
         "--set", "eval.num_envs=8", "--set", "probe.train_episodes=20", "--set", "probe.test_episodes=10",
-        "--set", "probe.fit_steps=5", "--set", "controllers.steps=3", "--set", "controllers.batch_size=4", "--no-progress"]
+        "--set", "probe.fit_steps=5", "--set", "controllers.steps=3", "--set", "controllers.batch_size=4",
+        "--set", "metacontroller.steps=3", "--set", "metacontroller.batch_size=4", "--no-progress"]
 
 
 def test_run_writes_results_and_report_then_skips_finished_stages(tmp_path, capsys):
     out = tmp_path / "run"
     assert main(["run", "--out", str(out), *TINY]) == 0
     results = json.loads((out / "results.json").read_text())
-    assert {"data", "base_model", "eval_base", "probes", "controllers"} <= set(results)
+    assert {"data", "base_model", "eval_base", "probes", "controllers", "metacontroller"} <= set(results)
     assert 0 <= results["eval_base"]["free_play_completion"] <= 1
-    assert (out / "report.html").read_text().count("<img") >= 6
+    assert (out / "report.html").read_text().count("<img") >= 7
     assert len(list((out / "base_model" / "snapshots").glob("*.safetensors"))) == 2
     for stage in ("data", "base_model", "eval_base"):
         assert json.loads((out / stage / "metrics.json").read_text())
     weights = (out / "base_model" / "model.safetensors").read_bytes()
     capsys.readouterr()
     assert main(["run", "--out", str(out), *TINY]) == 0
-    assert capsys.readouterr().out.count("finished earlier, skipped") == 5
+    assert capsys.readouterr().out.count("finished earlier, skipped") == 6
     assert (out / "base_model" / "model.safetensors").read_bytes() == weights
 
 

@@ -1,7 +1,7 @@
 """Command line: one subcommand per stage, and ``run`` for the whole pipeline.
 
     internalrl run --preset quick --out runs/quick          # the whole gridworld pipeline
-    internalrl data|train|evaluate|probe|controllers --out DIR [--preset P] [--seed N] [--set section.field=value ...]
+    internalrl data|train|evaluate|probe|controllers|metacontroller --out DIR [--preset P] [--seed N] [--set section.field=value ...]
     internalrl report --out DIR
     internalrl bench [--preset P] [--envs 1024]
     internalrl config [--preset P] [--set ...]               # print the resolved config
@@ -53,7 +53,8 @@ def main(argv: list[str] | None = None) -> int:
                         ("train", "pretrain the base model"),
                         ("evaluate", "evaluate the base model as a policy"),
                         ("probe", "layer-wise linear probes of the subgoal"),
-                        ("controllers", "supervised subgoal controllers (and the layer sweep)")]:
+                        ("controllers", "supervised subgoal controllers (and the layer sweep)"),
+                        ("metacontroller", "train the metacontroller (frozen base, and co-trained beside it)")]:
         _common(sub.add_parser(name, help=help_))
     p = sub.add_parser("report", help="(re)write report.html of a run directory")
     p.add_argument("--out", required=True)
@@ -106,8 +107,9 @@ def _dispatch(args) -> int:
         "evaluate": [stages.stage_eval_base],
         "probe": [stages.stage_probes],
         "controllers": [stages.stage_controllers],
+        "metacontroller": [stages.stage_metacontroller],
         "run": [stages.stage_data, stages.stage_base_model, stages.stage_eval_base, stages.stage_probes,
-                stages.stage_controllers],
+                stages.stage_controllers, stages.stage_metacontroller],
     }[args.command]
     for stage in plan:
         stage(cfg, run, progress=progress)

@@ -12,6 +12,7 @@ from typing import Any
 
 from .envs.gridworld import GridSpec
 from .envs.tasks import GRID_POSTTRAIN_TASK, TaskError, parse_task_set
+from .metacontroller import MetacontrollerConfig
 from .models.sequence_model import ModelConfig
 
 
@@ -89,9 +90,13 @@ class Config:
     eval: EvalConfig = field(default_factory=EvalConfig)
     probe: ProbeConfig = field(default_factory=ProbeConfig)
     controllers: ControllerConfig = field(default_factory=ControllerConfig)
+    metacontroller: MetacontrollerConfig = field(default_factory=MetacontrollerConfig)
 
     def control_layer(self) -> int:
         return self.model.depth // 2 if self.controllers.layer < 0 else self.controllers.layer
+
+    def meta_layer(self) -> int:
+        return self.model.depth // 2 if self.metacontroller.layer < 0 else self.metacontroller.layer
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -141,6 +146,10 @@ class Config:
             ("controllers.batch_size", self.controllers.batch_size >= 1, "at least 1"),
             ("controllers.lr", self.controllers.lr > 0, "positive"),
         ]
+        try:
+            self.metacontroller.validate(self.model.width, self.model.depth)
+        except ValueError as e:
+            raise ConfigError(str(e)) from None
         for name, ok, what in checks:
             if not ok:
                 section, key = name.split(".")
@@ -157,6 +166,7 @@ def _quick() -> Config:
     c.eval.num_envs = 1024
     c.probe = ProbeConfig(train_episodes=1500, test_episodes=500, fit_steps=300)
     c.controllers = ControllerConfig(steps=300, batch_size=64, lr=3e-3)
+    c.metacontroller = MetacontrollerConfig(steps=600, batch_size=64, lr=1e-3)
     return c
 
 

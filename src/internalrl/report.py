@@ -175,8 +175,38 @@ def section_controllers(root: Path, figs: Path) -> str:
         "Success when the controller of the current ground-truth subgoal acts at each layer (Fig. 4).")
 
 
+def beta_plot(ax, gates: np.ndarray, subgoals: np.ndarray, mask: np.ndarray, title: str) -> None:
+    """β over time for one episode on a background coloured by the ground-truth subgoal."""
+    t = int(mask.sum())
+    colours = plt.cm.tab10(np.arange(10))
+    for i in range(t):
+        ax.axvspan(i - 0.5, i + 0.5, color=colours[max(int(subgoals[i]), 0) % 10], alpha=0.25, lw=0)
+    ax.plot(range(t), gates[:t], "k.-", lw=1, ms=3)
+    ax.axhline(0.5, color="grey", ls=":", lw=0.8)
+    ax.set(ylim=(-0.05, 1.05), xlim=(-0.5, t - 0.5), title=title)
+    ax.title.set_fontsize(8)
+
+
+def section_metacontroller(root: Path, figs: Path) -> str:
+    m = json.loads((root / "metacontroller" / "metrics.json").read_text())
+    labels = ("frozen", "cotrained")
+    examples = {k: np.load(root / "metacontroller" / f"{k}_examples.npz", allow_pickle=False) for k in labels}
+    cols = min(4, len(examples["frozen"]["gates"]))
+    fig, axes = plt.subplots(len(labels), cols, figsize=(3.5 * cols, 2.2 * len(labels)), sharey=True, squeeze=False)
+    for r, label in enumerate(labels):
+        ex = examples[label]
+        for c in range(cols):
+            beta_plot(axes[r, c], ex["gates"][c], ex["subgoals"][c], ex["mask"][c], f"{label}: held-out episode {c}")
+        axes[r, 0].set_ylabel("switch gate β")
+    html_ = _img(_png(fig, figs / "metacontroller_beta.png"),
+                 "Switch gate β over time (background: ground-truth subgoal). Top: base model frozen; bottom: co-trained.")
+    table = {k: v for k, v in m["headline"].items()}
+    return "<h2>Metacontroller</h2>" + _table(table) + html_
+
+
 SECTIONS = [("data", section_data), ("base_model", section_base_model), ("eval_base", section_eval_base),
-            ("probes", section_probes), ("controllers", section_controllers)]
+            ("probes", section_probes), ("controllers", section_controllers),
+            ("metacontroller", section_metacontroller)]
 
 
 def write_report(root: str | Path) -> Path:

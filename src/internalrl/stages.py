@@ -202,3 +202,55 @@ def stage_controllers(cfg: Config, run: RunDir, progress: bool = True):
     }
     return run.finish("controllers", {"controllers": asdict(cc), "seed": cfg.seed},
                       {"headline": headline, "per_layer": per_layer, "uncontrolled": uncontrolled})
+
+
+def _train_and_eval_meta(cfg: Config, run: RunDir, mc, label: str, progress: bool, save_to=None) -> dict:
+    from safetensors.torch import save_file
+
+    from .metacontroller import evaluate_metacontroller, train_metacontroller
+
+    device = resolve_device(cfg.train.device)
+    data = load_trajectories(run.require("data", "data"))
+    base = load_model(run.require("base_model", "train"), device=device)  # a fresh copy: co-training changes it
+    train_idx, val_idx = data.split(cfg.data.val_fraction)
+    layer = cfg.meta_layer()
+    t0 = time.perf_counter()
+    meta, curve = train_metacontroller(base, data, train_idx, mc, layer, cfg.seed + 3000, device, progress, desc=label)
+    res = evaluate_metacontroller(base, meta, data, val_idx[:1000], layer, device, seed=cfg.seed)
+    res["train_seconds"] = time.perf_counter() - t0
+    res["curve"] = curve
+    if save_to is not None:
+        save_file({k: v.detach().cpu().contiguous() for k, v in meta.state_dict().items()},
+                  str(save_to / f"{label}.safetensors"))
+        if mc.cotrain:
+            save_file({k: v.detach().cpu().contiguous() for k, v in base.state_dict().items()},
+                      str(save_to / f"{label}_base.safetensors"))
+    return res
+
+
+def stage_metacontroller(cfg: Config, run: RunDir, progress: bool = True):
+    """The metacontroller at L/2 with the base model frozen, and the co-trained variant beside it."""
+    from dataclasses import replace
+
+    if run.done("metacontroller"):
+        _log("metacontroller: finished earlier, skipped")
+        return run.path("metacontroller")
+    work = run.partial("metacontroller")
+    t0 = time.perf_counter()
+    results = {}
+    for label, mc in (("frozen", cfg.metacontroller), ("cotrained", replace(cfg.metacontroller, cotrain=True))):
+        res = _train_and_eval_meta(cfg, run, mc, label, progress, save_to=work)
+        np.savez(work / f"{label}_examples.npz", gates=res.pop("gates")[:8].numpy(),
+                 subgoals=res.pop("subgoals")[:8].numpy(), mask=res.pop("mask")[:8].numpy())
+        results[label] = res
+        _log(f"metacontroller ({label}, alpha={mc.alpha}): switch F1 {res['f1']:.3f} (precision {res['precision']:.3f}, "
+             f"recall {res['recall']:.3f}), switches/episode {res['switches_per_episode']:.2f} vs subgoals "
+             f"{res['subgoals_per_episode']:.2f}, beta in (0.1,0.9): {res['fraction_beta_intermediate']:.3f}, "
+             f"NLL {res['action_nll']:.3f}, KL {res['kl']:.3f}")
+    keys = ("f1", "precision", "recall", "switches_per_episode", "subgoals_per_episode", "fraction_beta_intermediate",
+            "action_nll", "kl", "train_seconds")
+    headline = {"layer": cfg.meta_layer(), "alpha": cfg.metacontroller.alpha,
+                **{f"{k}": results["frozen"][k] for k in keys},
+                **{f"cotrained_{k}": results["cotrained"][k] for k in keys}, "seconds": time.perf_counter() - t0}
+    return run.finish("metacontroller", {"metacontroller": asdict(cfg.metacontroller), "seed": cfg.seed},
+                      {"headline": headline, **results})

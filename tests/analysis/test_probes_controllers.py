@@ -62,3 +62,21 @@ def test_controlled_rollout_applies_the_current_subgoals_controller():
         ctl.u.normal_(0, 5.0)
     rollout_with_controllers(model, ctl, 1, env(), seed=3, device="cpu")
     assert not torch.allclose(torch.cat(seen)[: len(plain)], plain[: len(torch.cat(seen))])
+
+
+def test_switch_metrics_match_changes_within_one_step():
+    from internalrl.analysis.switching import switch_metrics
+
+    sub = torch.tensor([[0, 0, 0, 1, 1, 1, 2, 2, 2, 2]])
+    mask = torch.ones_like(sub, dtype=torch.bool)
+    perfect = torch.zeros(1, 10)
+    perfect[0, [0, 3, 6]] = 1.0
+    m = switch_metrics(perfect, sub, mask)
+    assert m["precision"] == m["recall"] == m["f1"] == 1.0
+    assert m["switches_per_episode"] == m["subgoals_per_episode"] == 3
+    late = torch.zeros(1, 10)
+    late[0, [4, 9]] = 0.9  # one switch a step late (counts), one far off (does not)
+    m = switch_metrics(late, sub, mask)
+    assert m["precision"] == 0.5 and m["recall"] == 0.5
+    soft = torch.full((1, 10), 0.5)
+    assert switch_metrics(soft, sub, mask)["fraction_beta_intermediate"] == 1.0

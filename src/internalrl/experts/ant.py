@@ -19,8 +19,9 @@ Expert observation, ``D + 4·G² + 4 + 2`` numbers (41 + 64 + 6 = 111 for the pa
 
 [choice] reward details: ``d`` is the normalised sum of the tied moves (a diagonal when two
 tie); the task reward is weighted ``success_bonus = 10``; each correct colour visited earns
-``visit_bonus = 1``; a failure (wall, fall, wrong colour) costs ``failure_penalty = 5``; every
-step earns ``alive_bonus = 0.1`` and pays a control cost ``0.02·Σa²``. PPO as in CleanRL's
+``visit_bonus = 1``; a failure (wall, fall, wrong colour) costs ``failure_penalty = 1``; every
+step earns ``alive_bonus = 0.05`` and pays a control cost ``0.005·Σa²`` (a larger control
+cost and failure penalty collapsed the exploration noise before any locomotion was learned). PPO as in CleanRL's
 continuous PPO (Gaussian with state-independent log-std, separate actor and critic MLPs of
 128-128 tanh, 64 environments × 64-step segments with auto-reset, 10 epochs of 32
 minibatches, GAE λ = 0.95, γ = 0.99, clip 0.2, linearly annealed learning rate 3e-4, running
@@ -196,9 +197,9 @@ class AntExpertConfig:
     max_grad_norm: float = 0.5
     success_bonus: float = 10.0
     visit_bonus: float = 1.0
-    failure_penalty: float = 5.0
-    alive_bonus: float = 0.1
-    ctrl_cost: float = 0.02
+    failure_penalty: float = 1.0
+    alive_bonus: float = 0.05
+    ctrl_cost: float = 0.005
 
     def __post_init__(self) -> None:
         for name in ("total_steps", "num_envs", "num_steps", "horizon", "hidden", "update_epochs", "num_minibatches"):
@@ -253,6 +254,7 @@ def train_ant_expert(cfg: AntExpertConfig, out: str | Path, progress: bool = Tru
         rew_buf = np.zeros((S, n), np.float32)
         end_buf = np.zeros((S, n), bool)  # the episode ended at this step (terminated or truncated)
         raw_ret = np.zeros((S, n))
+        along = np.zeros((S, n))  # v · d of every step (not only of ended episodes)
         ended = {k: [] for k in ("success", "progress", "length", "intrinsic", "wall", "fell", "wrong", "truncated")}
         for t in range(S):
             eo = expert_observation(env, obs, guide)
@@ -268,7 +270,8 @@ def train_ant_expert(cfg: AntExpertConfig, out: str | Path, progress: bool = Tru
             xy_before, d = env.xy.copy(), guide[2]
             obs, reward, term, trunc, info = env.step(a)
             r = shaped_reward(env, cfg, xy_before, d, a, reward, info)
-            intrinsic += (((env.xy - xy_before) / spec.control_dt) * d).sum(1)
+            along[t] = (((env.xy - xy_before) / spec.control_dt) * d).sum(1)
+            intrinsic += along[t]
             if trunc.any():  # bootstrap a time-limit end from the value of its last observation
                 with torch.no_grad():
                     v_end = policy.value(torch.as_tensor(expert_observation(env, obs))).numpy()
@@ -334,7 +337,7 @@ def train_ant_expert(cfg: AntExpertConfig, out: str | Path, progress: bool = Tru
         bar.update(batch)
         s = np.mean(stats, 0)
         row = {"update": update, "steps": steps, "seconds": round(time.time() - start, 1),
-               "episodes": len(ended["success"]),
+               "episodes": len(ended["success"]), "velocity_along_path": float(along.mean()),
                **{k: (float(np.mean(v)) if v else None) for k, v in ended.items()},
                "policy_loss": float(s[0]), "value_loss": float(s[1]), "entropy": float(s[2]),
                "clip_frac": float(s[3]), "log_std": float(policy.log_std.detach().mean())}

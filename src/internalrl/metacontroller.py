@@ -1,0 +1,235 @@
+"""The metacontroller (SPEC §5, paper Appendix D.2, Tables A9/A10).
+
+At layer l it reads the residual stream ``e_t`` of a frozen base model and writes a linear
+controller back into it:
+
+1. history GRU            ``h_t = GRU(e_t, h_{t-1})``                          (n_h = 32)
+2. sequence embedder      ``s = f_emb(e_{1:T})``, non-causal: a GRU read both ways, pooled (n_s = 32)
+3. encoder                ``(μ_t, log σ_t) = f_enc(e_t, h_{t-1}, s)``; ``z̃_t = μ_t + σ_t ε``  (n_z = 8)
+4. switching unit         ``β_t = f_switch(e_t, h_{t-1}, z_{t-1}) ∈ [0, 1]``, causal, no ``s``; β_1 = 1
+5. temporal integration   ``z_t = β_t z̃_t + (1 − β_t) z_{t-1}``
+6. decoder hypernetwork   ``U_t = f_hyp(z_t) = A_t B_tᵀ`` (rank r) or full ``U_t``, near zero at init
+7. controller             ``ê_t = e_t + U_t e_t``, then blocks l+1..L and the heads.
+
+Loss per step: ``−ln p(a_t | …) + α · KL(N(μ_t, σ_t²) ‖ N(0, I))``: the KL at every step, not
+weighted by β, and nothing on β itself.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from .controller import apply_controller
+
+
+@dataclass
+class MetacontrollerConfig:
+    layer: int = -1  # -1: depth // 2
+    history_dim: int = 32  # n_h
+    sequence_dim: int = 32  # n_s
+    code_dim: int = 8  # n_z
+    encoder_hidden: int = 64
+    switch_hidden: int = 64
+    decoder_hidden: int = 32
+    rank: int = 16  # 0: full rank
+    switch: str = "sigmoid"  # sigmoid | gumbel | always (β ≡ 1: no temporal abstraction)
+    gumbel_temperature: float = 0.5
+    alpha: float = 0.17  # KL weight
+    steps: int = 64_000
+    batch_size: int = 512
+    lr: float = 1e-3
+    weight_decay: float = 0.03
+    cotrain: bool = False  # train the base model jointly (the co-trained baseline)
+    base_lr: float = 3e-4  # learning rate of the base model when co-training
+
+    def validate(self, width: int, depth: int) -> None:
+        checks = [
+            ("metacontroller.layer", -1 <= self.layer <= depth, f"-1 or in 0..{depth}"),
+            ("metacontroller.code_dim", self.code_dim >= 1, "at least 1"),
+            ("metacontroller.history_dim", self.history_dim >= 1, "at least 1"),
+            ("metacontroller.sequence_dim", self.sequence_dim >= 1, "at least 1"),
+            ("metacontroller.rank", 0 <= self.rank <= width, f"in 0..{width} (0: full)"),
+            ("metacontroller.switch", self.switch in ("sigmoid", "gumbel", "always"), "sigmoid, gumbel or always"),
+            ("metacontroller.alpha", self.alpha >= 0, "non-negative"),
+            ("metacontroller.steps", self.steps >= 1, "at least 1"),
+            ("metacontroller.batch_size", self.batch_size >= 1, "at least 1"),
+            ("metacontroller.lr", self.lr > 0, "positive"),
+            ("metacontroller.gumbel_temperature", self.gumbel_temperature > 0, "positive"),
+        ]
+        for name, ok, what in checks:
+            if not ok:
+                raise ValueError(f"{name} must be {what}, got {getattr(self, name.split('.')[1])!r}")
+
+
+def mlp(inp: int, hidden: int, out: int) -> nn.Sequential:
+    return nn.Sequential(nn.Linear(inp, hidden), nn.ReLU(), nn.Linear(hidden, out))
+
+
+@dataclass
+class MetaOutput:
+    residual: torch.Tensor  # (B, T, W) controlled residual ê
+    switch_gate: torch.Tensor  # (B, T) β
+    code: torch.Tensor  # (B, T, n_z) z
+    mean: torch.Tensor  # (B, T, n_z) μ
+    log_std: torch.Tensor  # (B, T, n_z)
+    kl: torch.Tensor  # (B, T) KL(N(μ, σ²) ‖ N(0, I))
+
+
+class Metacontroller(nn.Module):
+    def __init__(self, cfg: MetacontrollerConfig, width: int) -> None:
+        super().__init__()
+        self.cfg, self.width = cfg, width
+        nh, ns, nz = cfg.history_dim, cfg.sequence_dim, cfg.code_dim
+        self.history = nn.GRUCell(width, nh)
+        self.sequence_rnn = nn.GRU(width, ns, batch_first=True, bidirectional=True)
+        self.sequence_out = nn.Linear(2 * ns, ns)
+        self.encoder = mlp(width + nh + ns, cfg.encoder_hidden, 2 * nz)
+        self.switch_unit = mlp(width + nh + nz, cfg.switch_hidden, 1)
+        rank = cfg.rank
+        out = width * width if rank == 0 else 2 * width * rank
+        self.decoder = mlp(nz, cfg.decoder_hidden, out)
+        nn.init.normal_(self.decoder[-1].weight, std=1e-3 / width ** 0.5)  # U ≈ 0 at init
+        nn.init.zeros_(self.decoder[-1].bias)
+
+    # -- parts -------------------------------------------------------------
+    def sequence_embedding(self, residual: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        """s = f_emb(e_{1:T}): both directions over the valid steps, mean-pooled. (B, n_s)"""
+        lengths = mask.sum(1).clamp(min=1).cpu()
+        packed = nn.utils.rnn.pack_padded_sequence(residual, lengths, batch_first=True, enforce_sorted=False)
+        out, _ = self.sequence_rnn(packed)
+        out, _ = nn.utils.rnn.pad_packed_sequence(out, batch_first=True, total_length=residual.shape[1])
+        m = mask[..., None].float()
+        pooled = (out * m).sum(1) / m.sum(1).clamp(min=1)
+        return self.sequence_out(pooled)
+
+    def decode(self, code: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """U = f_hyp(z): (…, W, r) factors A, B, or the full (…, W, W) matrix and None."""
+        flat = self.decoder(code)
+        w, r = self.width, self.cfg.rank
+        if r == 0:
+            return flat.view(*code.shape[:-1], w, w), None
+        a, b = flat.split(w * r, -1)
+        return a.view(*code.shape[:-1], w, r), b.view(*code.shape[:-1], w, r)
+
+    def control(self, residual: torch.Tensor, code: torch.Tensor) -> torch.Tensor:
+        a, b = self.decode(code)
+        return apply_controller(residual, a, b)
+
+    def gate(self, residual_t: torch.Tensor, h_prev: torch.Tensor, z_prev: torch.Tensor, first: bool,
+             generator: torch.Generator | None = None) -> torch.Tensor:
+        """β_t (B,) from (e_t, h_{t-1}, z_{t-1}); 1 at the first step and for switch='always'."""
+        if first or self.cfg.switch == "always":
+            return torch.ones(residual_t.shape[0], device=residual_t.device)
+        logit = self.switch_unit(torch.cat([residual_t, h_prev, z_prev], -1))[:, 0]
+        if self.cfg.switch == "gumbel" and self.training:
+            u = torch.rand(logit.shape, generator=generator, device=logit.device).clamp(1e-6, 1 - 1e-6)
+            logit = (logit + torch.log(u) - torch.log1p(-u)) / self.cfg.gumbel_temperature
+        return torch.sigmoid(logit)
+
+    # -- whole sequence (training) ------------------------------------------
+    def forward(self, residual: torch.Tensor, mask: torch.Tensor, sequence: torch.Tensor | None = None,
+                noise: torch.Tensor | None = None, generator: torch.Generator | None = None) -> MetaOutput:
+        """residual (B, T, W) at the controlled layer, mask (B, T). ``sequence`` overrides s
+        and ``noise`` (B, T, n_z) the ε of the proposals (both for tests)."""
+        b, t, _ = residual.shape
+        nz = self.cfg.code_dim
+        s = self.sequence_embedding(residual, mask) if sequence is None else sequence
+        if noise is None:
+            noise = torch.randn(b, t, nz, generator=generator, device=residual.device)
+        h = residual.new_zeros(b, self.cfg.history_dim)
+        z = residual.new_zeros(b, nz)
+        gates, codes, means, log_stds = [], [], [], []
+        for i in range(t):
+            e = residual[:, i]
+            mu, log_std = self.encoder(torch.cat([e, h, s], -1)).chunk(2, -1)
+            log_std = log_std.clamp(-8, 4)
+            proposal = mu + log_std.exp() * noise[:, i]
+            beta = self.gate(e, h, z, first=(i == 0), generator=generator)
+            z = beta[:, None] * proposal + (1 - beta[:, None]) * z
+            h = self.history(e, h)
+            gates.append(beta), codes.append(z), means.append(mu), log_stds.append(log_std)
+        gates, codes = torch.stack(gates, 1), torch.stack(codes, 1)
+        mean, log_std = torch.stack(means, 1), torch.stack(log_stds, 1)
+        kl = 0.5 * (mean.pow(2) + (2 * log_std).exp() - 1 - 2 * log_std).sum(-1)
+        return MetaOutput(self.control(residual, codes), gates, codes, mean, log_std, kl)
+
+
+def metacontroller_loss(base, meta: Metacontroller, layer: int, batch, alpha: float,
+                        generator: torch.Generator | None = None) -> dict[str, torch.Tensor]:
+    """Action NLL through the controlled base model, plus α · KL at every valid step."""
+    residual = base.lower(batch.obs[:, :-1], layer)
+    out = meta(residual, batch.mask, generator=generator)
+    heads = base.upper(out.residual, layer)
+    mask = batch.mask.float()
+    n = mask.sum().clamp(min=1)
+    nll = -(base.action_log_prob(heads, batch.actions) * mask).sum() / n
+    kl = (out.kl * mask).sum() / n
+    return {"loss": nll + alpha * kl, "action_nll": nll, "kl": kl, "out": out}
+
+
+def train_metacontroller(base, data, train_idx, cfg: MetacontrollerConfig, layer: int, seed: int, device,
+                         progress: bool = True, desc: str = "metacontroller"):
+    """Train on expert data with the base model frozen (or jointly, with ``cfg.cotrain``).
+    Returns the metacontroller and a curve of (step, action NLL, KL)."""
+    from tqdm.auto import tqdm
+
+    from .data import batch_indices, make_batch
+
+    torch.manual_seed(seed)
+    meta = Metacontroller(cfg, base.cfg.width).to(device)
+    groups = [{"params": meta.parameters(), "lr": cfg.lr}]
+    for p in base.parameters():
+        p.requires_grad_(cfg.cotrain)
+    if cfg.cotrain:
+        groups.append({"params": base.parameters(), "lr": cfg.base_lr})
+        base.train()
+    else:
+        base.eval()
+    opt = torch.optim.AdamW(groups, weight_decay=cfg.weight_decay)
+    gen = torch.Generator(device=device).manual_seed(seed)
+    lengths = data.arrays["lengths"]
+    curve = []
+    for step in tqdm(range(cfg.steps), desc=desc, disable=not progress, leave=False):
+        batch = make_batch(data, batch_indices(train_idx, cfg.batch_size, seed, step, lengths)).to(device)
+        res = metacontroller_loss(base, meta, layer, batch, cfg.alpha, gen)
+        opt.zero_grad(set_to_none=True)
+        res["loss"].backward()
+        torch.nn.utils.clip_grad_norm_(meta.parameters(), 1.0)
+        opt.step()
+        if step % 25 == 0 or step == cfg.steps - 1:
+            curve.append((step, float(res["action_nll"].detach()), float(res["kl"].detach())))
+    for p in base.parameters():
+        p.requires_grad_(False)
+    return meta.eval(), curve
+
+
+@torch.no_grad()
+def evaluate_metacontroller(base, meta: Metacontroller, data, idx, layer: int, device, seed: int = 0,
+                            batch_size: int = 256) -> dict:
+    """Action NLL, KL and switch metrics on held-out episodes; also returns the gates."""
+    from .analysis.switching import switch_metrics
+    from .data import make_batch
+
+    base.eval()
+    meta.eval()
+    gen = torch.Generator(device=device).manual_seed(seed)
+    nll = kl = steps = 0.0
+    gates, subgoals, masks = [], [], []
+    for i in range(0, len(idx), batch_size):
+        batch = make_batch(data, idx[i : i + batch_size]).to(device)
+        res = metacontroller_loss(base, meta, layer, batch, meta.cfg.alpha, gen)
+        n = float(batch.mask.sum())
+        nll += float(res["action_nll"]) * n
+        kl += float(res["kl"]) * n
+        steps += n
+        t = data.arrays["actions"].shape[1]
+        pad = lambda x, v: F.pad(x, (0, t - x.shape[1]), value=v)  # noqa: E731
+        gates.append(pad(res["out"].switch_gate.cpu(), 0.0))
+        subgoals.append(pad(batch.subgoals.cpu(), -1))
+        masks.append(pad(batch.mask.cpu(), False))
+    gates, subgoals, masks = torch.cat(gates), torch.cat(subgoals), torch.cat(masks)
+    return {"action_nll": nll / steps, "kl": kl / steps, **switch_metrics(gates, subgoals, masks),
+            "gates": gates, "subgoals": subgoals, "mask": masks}

@@ -1,0 +1,119 @@
+import pytest
+import torch
+
+from internalrl.controller import apply_controller
+from internalrl.data import Batch
+from internalrl.metacontroller import Metacontroller, MetacontrollerConfig, metacontroller_loss
+from internalrl.models.sequence_model import ModelConfig, SequenceModel
+
+W = 16
+
+
+def meta(**kw):
+    torch.manual_seed(0)
+    m = Metacontroller(MetacontrollerConfig(rank=kw.pop("rank", 4), **kw), W)
+    with torch.no_grad():  # a decoder away from zero so the controller matters
+        m.decoder[-1].weight.normal_(0, 0.3)
+    return m
+
+
+def inputs(b=2, t=10, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    return torch.randn(b, t, W, generator=g), torch.ones(b, t, dtype=torch.bool), torch.randn(b, t, 8, generator=g)
+
+
+def test_controller_is_an_explicit_matrix_product():
+    for rank in (4, 0):
+        m = meta(rank=rank)
+        e, mask, eps = inputs()
+        out = m(e, mask, noise=eps)
+        a, b = m.decode(out.code)
+        u = a if b is None else a @ b.transpose(-1, -2)  # (B, T, W, W)
+        assert torch.allclose(out.residual, e + torch.einsum("btij,btj->bti", u, e), atol=1e-5)
+        assert torch.allclose(apply_controller(e, *m.decode(out.code)), out.residual)
+
+
+def test_first_step_switches_and_codes_integrate_temporally():
+    m = meta()
+    e, mask, eps = inputs()
+    out = m(e, mask, noise=eps)
+    assert torch.all(out.switch_gate[:, 0] == 1)
+    proposal = out.mean + out.log_std.exp() * eps
+    assert torch.allclose(out.code[:, 0], proposal[:, 0])
+    for t in range(1, e.shape[1]):
+        beta = out.switch_gate[:, t : t + 1]
+        assert torch.allclose(out.code[:, t], beta * proposal[:, t] + (1 - beta) * out.code[:, t - 1], atol=1e-6)
+    assert ((out.switch_gate >= 0) & (out.switch_gate <= 1)).all()
+
+
+def test_switch_is_causal_but_encoder_sees_the_future():
+    m = meta()
+    e, mask, eps = inputs()
+    s = torch.randn(2, m.cfg.sequence_dim)
+    f = e.clone()
+    f[:, 6:] += torch.randn_like(f[:, 6:])
+    a, b = m(e, mask, sequence=s, noise=eps), m(f, mask, sequence=s, noise=eps)
+    assert torch.allclose(a.switch_gate[:, :6], b.switch_gate[:, :6])  # β_t for t < 6 ignores e_6 onwards
+    assert not torch.allclose(a.switch_gate[:, 6:], b.switch_gate[:, 6:])
+    # with the sequence embedding computed from e, the proposals at early steps see the change
+    a, b = m(e, mask, noise=eps), m(f, mask, noise=eps)
+    assert not torch.allclose(a.mean[:, 0], b.mean[:, 0])
+    # ... while the switching unit takes no input from s
+    assert m.switch_unit[0].in_features == W + m.cfg.history_dim + m.cfg.code_dim
+
+
+def test_always_switch_gives_beta_one():
+    m = meta(switch="always")
+    e, mask, eps = inputs()
+    assert torch.all(m(e, mask, noise=eps).switch_gate == 1)
+
+
+def test_sequence_embedding_ignores_padding():
+    m = meta()
+    e, mask, _ = inputs(b=1, t=10)
+    short_mask = mask.clone()
+    short_mask[:, 6:] = False
+    junk = e.clone()
+    junk[:, 6:] = 100.0
+    assert torch.allclose(m.sequence_embedding(e, short_mask), m.sequence_embedding(junk, short_mask), atol=1e-6)
+
+
+def base_and_batch():
+    torch.manual_seed(0)
+    base = SequenceModel(ModelConfig(obs_dim=30, width=W, depth=2, heads=2, head_dim=8, mlp=16))
+    obs = torch.randn(3, 9, 30)
+    mask = torch.ones(3, 8, dtype=torch.bool)
+    mask[0, 5:] = False
+    return base, Batch(obs, torch.randint(0, 4, (3, 8)), mask, torch.zeros(3, 8, dtype=torch.long))
+
+
+def test_kl_is_not_weighted_by_beta_and_counts_every_step():
+    base, batch = base_and_batch()
+    for p in base.parameters():
+        p.requires_grad_(False)
+    m = meta()
+    g = torch.Generator().manual_seed(0)
+    res = metacontroller_loss(base, m, 1, batch, alpha=0.5, generator=g)
+    out = res["out"]
+    mask = batch.mask.float()
+    assert torch.allclose(res["kl"], (out.kl * mask).sum() / mask.sum())
+    assert torch.allclose(res["loss"], res["action_nll"] + 0.5 * res["kl"])
+    mu, ls = out.mean, out.log_std
+    direct = 0.5 * (mu ** 2 + (2 * ls).exp() - 1 - 2 * ls).sum(-1)
+    assert torch.allclose(out.kl, direct)
+
+
+def test_no_gradient_reaches_the_frozen_base():
+    base, batch = base_and_batch()
+    for p in base.parameters():
+        p.requires_grad_(False)
+    m = meta()
+    metacontroller_loss(base, m, 1, batch, alpha=0.1)["loss"].backward()
+    assert all(p.grad is None for p in base.parameters())
+    assert m.decoder[-1].weight.grad.abs().sum() > 0 and m.switch_unit[0].weight.grad.abs().sum() > 0
+    assert m.sequence_rnn.weight_ih_l0.grad.abs().sum() > 0
+
+
+def test_bad_config_names_the_field():
+    with pytest.raises(ValueError, match="metacontroller.switch"):
+        MetacontrollerConfig(switch="hard").validate(W, 2)
