@@ -95,3 +95,14 @@ def test_corrupt_checkpoint_is_reported(tmp_path, capsys):
     assert main(["evaluate", "--out", str(out), *TINY]) == 2
     assert "corrupt" in capsys.readouterr().err
     assert not (out / "eval_base").exists()
+
+
+def test_alpha_sweep_writes_points_and_figure(tmp_path):
+    out = tmp_path / "run"
+    assert main(["run", "--out", str(out), *TINY]) == 0
+    assert main(["sweep-alpha", "--out", str(out), "--alphas", "0,0.5", *TINY]) == 0
+    points = json.loads((out / "alpha_sweep" / "metrics.json").read_text())["points"]
+    assert [(p["variant"], p["alpha"]) for p in points] == [("frozen", 0.0), ("frozen", 0.5), ("cotrained", 0.0), ("cotrained", 0.5)]
+    assert (out / "alpha_sweep" / "rate_distortion.png").stat().st_size > 1000
+    assert "rate–distortion" in (out / "report.html").read_text()
+    assert main(["sweep-alpha", "--out", str(out), "--alphas", "x", *TINY]) == 2

@@ -2,6 +2,7 @@
 
     internalrl run --preset quick --out runs/quick          # the whole gridworld pipeline
     internalrl data|train|evaluate|probe|controllers|metacontroller --out DIR [--preset P] [--seed N] [--set section.field=value ...]
+    internalrl sweep-alpha --out DIR [--alphas 0,0.1,...]     # after `run`: the rate-distortion figure
     internalrl report --out DIR
     internalrl bench [--preset P] [--envs 1024]
     internalrl config [--preset P] [--set ...]               # print the resolved config
@@ -56,6 +57,10 @@ def main(argv: list[str] | None = None) -> int:
                         ("controllers", "supervised subgoal controllers (and the layer sweep)"),
                         ("metacontroller", "train the metacontroller (frozen base, and co-trained beside it)")]:
         _common(sub.add_parser(name, help=help_))
+    p = sub.add_parser("sweep-alpha", help="metacontroller α sweep: the rate–distortion figure")
+    _common(p)
+    p.add_argument("--alphas", default="0,0.05,0.1,0.17,0.3,0.5,1", help="comma-separated α values (default: the paper's)")
+    p.add_argument("--no-cotrained", action="store_true", help="skip the co-trained variant")
     p = sub.add_parser("report", help="(re)write report.html of a run directory")
     p.add_argument("--out", required=True)
     p = sub.add_parser("bench", help="throughput benchmarks (env, pretraining, acting)")
@@ -100,6 +105,16 @@ def _dispatch(args) -> int:
         return 0
     run = _run_dir(args, cfg)
     progress = not args.no_progress
+    if args.command == "sweep-alpha":
+        try:
+            alphas = tuple(float(a) for a in args.alphas.split(","))
+        except ValueError:
+            raise ConfigError(f"--alphas takes comma-separated numbers, got {args.alphas!r}") from None
+        if any(a < 0 for a in alphas):
+            raise ConfigError("--alphas must be non-negative")
+        stages.alpha_sweep(cfg, run, alphas, cotrained=not args.no_cotrained, progress=progress)
+        print(write_report(run.root))
+        return 0
     t0 = time.perf_counter()
     plan = {
         "data": [stages.stage_data],

@@ -204,9 +204,20 @@ def section_metacontroller(root: Path, figs: Path) -> str:
     return "<h2>Metacontroller</h2>" + _table(table) + html_
 
 
+def section_alpha_sweep(root: Path, figs: Path) -> str:
+    m = json.loads((root / "alpha_sweep" / "metrics.json").read_text())
+    b64 = base64.b64encode((root / "alpha_sweep" / "rate_distortion.png").read_bytes()).decode()
+    rows = "".join(f"<tr><td>{p['variant']}</td><td>{p['alpha']:g}</td><td>{p['action_nll']:.3f}</td><td>{p['kl']:.3f}</td>"
+                   f"<td>{p['f1']:.3f}</td><td>{p['switches_per_episode']:.2f}</td><td>{p['fraction_beta_intermediate']:.3f}</td></tr>"
+                   for p in m["points"])
+    head = "<tr><td>variant</td><td>α</td><td>action NLL</td><td>KL</td><td>switch F1</td><td>switches/ep.</td><td>β in (0.1, 0.9)</td></tr>"
+    return ("<h2>α sweep (rate–distortion)</h2>" + _img(b64, "Each α's metacontroller on the rate–distortion plane; stars: "
+            "switching aligned with subgoal changes.") + f"<table>{head}{rows}</table>")
+
+
 SECTIONS = [("data", section_data), ("base_model", section_base_model), ("eval_base", section_eval_base),
             ("probes", section_probes), ("controllers", section_controllers),
-            ("metacontroller", section_metacontroller)]
+            ("metacontroller", section_metacontroller), ("alpha_sweep", section_alpha_sweep)]
 
 
 def write_report(root: str | Path) -> Path:

@@ -254,3 +254,65 @@ def stage_metacontroller(cfg: Config, run: RunDir, progress: bool = True):
                 **{f"cotrained_{k}": results["cotrained"][k] for k in keys}, "seconds": time.perf_counter() - t0}
     return run.finish("metacontroller", {"metacontroller": asdict(cfg.metacontroller), "seed": cfg.seed},
                       {"headline": headline, **results})
+
+
+PAPER_ALPHAS = (0.0, 0.05, 0.1, 0.17, 0.3, 0.5, 1.0)
+
+
+def alpha_sweep(cfg: Config, run: RunDir, alphas=PAPER_ALPHAS, cotrained: bool = True, progress: bool = True,
+                aligned_f1: float = 0.8):
+    """Train the metacontroller for every α (frozen, and co-trained if asked) and place each
+    run on the rate–distortion plane (x: action NLL, y: KL). A run is *aligned* when its
+    switch F1 against ground-truth subgoal changes is at least ``aligned_f1``."""
+    from dataclasses import replace
+
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    stage = "alpha_sweep"
+    if run.done(stage):
+        _log(f"{stage}: finished earlier, skipped (delete {run.path(stage)} to redo it)")
+        return run.path(stage)
+    work = run.partial(stage)
+    points = []
+    done_path = work / "points.json"
+    if done_path.exists():  # resume a killed sweep point by point
+        points = json.loads(done_path.read_text())
+    variants = [("frozen", False)] + ([("cotrained", True)] if cotrained else [])
+    for label, co in variants:
+        for alpha in alphas:
+            if any(p["variant"] == label and p["alpha"] == alpha for p in points):
+                continue
+            mc = replace(cfg.metacontroller, alpha=float(alpha), cotrain=co)
+            res = _train_and_eval_meta(cfg, run, mc, f"{label} alpha={alpha}", progress)
+            point = {"variant": label, "alpha": float(alpha), **{k: res[k] for k in (
+                "action_nll", "kl", "f1", "precision", "recall", "switches_per_episode", "subgoals_per_episode",
+                "fraction_beta_intermediate", "train_seconds")}}
+            points.append(point)
+            done_path.write_text(json.dumps(points, indent=2))
+            _log(f"{stage}: {label} alpha={alpha}: NLL {point['action_nll']:.3f}, KL {point['kl']:.3f}, F1 {point['f1']:.3f}")
+    fig, ax = plt.subplots(figsize=(6, 4.2))
+    for label, marker in (("frozen", "o"), ("cotrained", "s")):
+        pts = [p for p in points if p["variant"] == label]
+        if not pts:
+            continue
+        x, y = [p["action_nll"] for p in pts], [p["kl"] for p in pts]
+        ax.plot(x, y, marker + "-", label=label, alpha=0.7)
+        for p in pts:
+            if p["f1"] >= aligned_f1:
+                ax.plot(p["action_nll"], p["kl"], "*", color="gold", ms=16, mec="k", zorder=5)
+            ax.annotate(f"α={p['alpha']:g}", (p["action_nll"], p["kl"]), fontsize=7, xytext=(3, 3), textcoords="offset points")
+    ax.plot([], [], "*", color="gold", ms=12, mec="k", label=f"aligned (switch F1 ≥ {aligned_f1})")
+    ax.set(xlabel="action NLL (distortion)", ylabel="KL per step (rate)", title="metacontroller rate–distortion")
+    ax.legend(fontsize=8)
+    fig.savefig(work / "rate_distortion.png", dpi=120, bbox_inches="tight")
+    plt.close(fig)
+    aligned = sorted(p["alpha"] for p in points if p["variant"] == "frozen" and p["f1"] >= aligned_f1)
+    headline = {"alphas": list(alphas), "aligned_alphas_frozen": aligned,
+                "aligned_alphas_cotrained": sorted(p["alpha"] for p in points if p["variant"] == "cotrained" and p["f1"] >= aligned_f1),
+                "f1_frozen": [p["f1"] for p in points if p["variant"] == "frozen"],
+                "f1_cotrained": [p["f1"] for p in points if p["variant"] == "cotrained"]}
+    return run.finish(stage, {"alphas": list(alphas), "metacontroller": asdict(cfg.metacontroller)},
+                      {"headline": headline, "points": points})
