@@ -1,0 +1,81 @@
+"""The internal environment (Algorithms 1–2): base model + switching unit + decoder + the
+batched gridworld, seen by a policy that picks controller codes z.
+
+At every raw step the base model's lower half reads the observation (with its cache) and the
+policy reads the residual ``e_t``. A new code is taken at the first step and wherever the
+hardened switch ``β_t > 0.5`` fires; otherwise the code in force stays, and so does
+``U = f_hyp(z)``. The controlled residual goes through the upper half, a raw action is sampled
+from the base model's head, and the environment steps. The base-model cache, the switching
+unit's history GRU and the code ``z_{t-1}`` it reads carry across raw steps exactly as in
+training. The reward is summed over the raw steps of a decision (with reward only at the end
+of an episode, each trajectory's return is its success)."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from ..envs.gridworld import BatchedGridPinpad
+from ..metacontroller import Metacontroller
+from ..models.sequence_model import SequenceModel
+from .policy import RecurrentCodePolicy
+
+
+@dataclass
+class InternalRollout:
+    residuals: torch.Tensor  # (N, T, W) e_t at the controlled layer (policy input)
+    decisions: torch.Tensor  # (N, T) bool: a new code was taken at t
+    codes: torch.Tensor  # (N, T, n_z) the code taken (where decisions)
+    log_probs: torch.Tensor  # (N, T) log π(code) at decisions
+    returns: torch.Tensor  # (N,) summed reward
+    lengths: torch.Tensor  # (N,) raw steps
+    action_log_probs: torch.Tensor  # (N, T) log p(a_t) of the raw actions under the controlled model
+
+
+@torch.no_grad()
+def rollout_internal(base: SequenceModel, meta: Metacontroller, policy: RecurrentCodePolicy | None,
+                     env: BatchedGridPinpad, layer: int, seed: int, device, *, codes: torch.Tensor | None = None,
+                     actions: torch.Tensor | None = None, threshold: float = 0.5) -> InternalRollout:
+    """Roll out N episodes in lock-step. ``codes`` (N, T, n_z) replaces the policy's samples
+    and ``actions`` (N, T) the sampled raw actions (for replaying a recorded trajectory)."""
+    n, horizon = env.num_envs, env.spec.horizon
+    gen = torch.Generator(device=device).manual_seed(seed)
+    nz = meta.cfg.code_dim
+    obs = env.reset() if actions is None else env.observation()
+    state = base.initial_state(n, device)
+    h = torch.zeros(n, meta.cfg.history_dim, device=device)
+    z = torch.zeros(n, nz, device=device)
+    pol_state = policy.initial_state(n, device) if policy is not None else None
+    out = InternalRollout(
+        residuals=torch.zeros(n, horizon, base.cfg.width, device=device),
+        decisions=torch.zeros(n, horizon, dtype=torch.bool, device=device),
+        codes=torch.zeros(n, horizon, nz, device=device),
+        log_probs=torch.zeros(n, horizon, device=device),
+        returns=torch.zeros(n, device=device),
+        lengths=torch.zeros(n, dtype=torch.long, device=device),
+        action_log_probs=torch.zeros(n, horizon, device=device),
+    )
+    for t in range(horizon):
+        live = torch.as_tensor(~env.done, device=device)
+        e = base.lower(torch.as_tensor(obs, device=device)[:, None], layer, state)[:, 0]  # (N, W)
+        beta = meta.gate(e, h, z, first=(t == 0))
+        fire = (beta > threshold) & live
+        if codes is not None:
+            proposal = codes[:, t]
+        else:
+            mean, log_std, pol_state = policy(e[:, None], pol_state)
+            mean, log_std = mean[:, 0], log_std[:, 0]
+            proposal = mean + log_std.exp() * torch.randn(mean.shape, generator=gen, device=device)
+            out.log_probs[:, t] = torch.where(fire, policy.log_prob(mean, log_std, proposal), 0.0)
+        z = torch.where(fire[:, None], proposal, z)
+        out.residuals[:, t], out.decisions[:, t], out.codes[:, t] = e, fire, torch.where(fire[:, None], proposal, 0.0)
+        heads = base.upper(meta.control(e, z)[:, None], layer, state)
+        a = base.sample_action(heads, gen) if actions is None else actions[:, t]
+        out.action_log_probs[:, t] = torch.where(live, base.action_log_prob(heads, a[:, None])[:, 0], 0.0)
+        h = meta.history(e, h)
+        obs, reward, *_ = env.step(a.cpu().numpy())
+        out.returns += torch.as_tensor(reward, device=device)
+        out.lengths += live.long()
+        if env.done.all():
+            break
+    return out

@@ -1,0 +1,95 @@
+import numpy as np
+import pytest
+import torch
+
+from internalrl.data import Trajectories, generate_grid, make_batch
+from internalrl.envs.gridworld import BatchedGridPinpad, GridSpec
+from internalrl.envs.tasks import parse_task_set
+from internalrl.metacontroller import Metacontroller, MetacontrollerConfig
+from internalrl.models.sequence_model import ModelConfig, SequenceModel
+from internalrl.rl.internal import rollout_internal
+from internalrl.rl.policy import RecurrentCodePolicy
+from internalrl.rl.ppo import clipped_surrogate_loss, trajectory_advantages
+
+TASKS = parse_task_set("grid-pretrain", 8)
+SPEC = GridSpec()
+LAYER = 1
+
+
+@pytest.fixture(scope="module")
+def setup():
+    torch.manual_seed(0)
+    base = SequenceModel(ModelConfig(obs_dim=637, width=16, depth=2, heads=2, head_dim=8, mlp=16)).eval()
+    meta = Metacontroller(MetacontrollerConfig(rank=4), 16).eval()
+    with torch.no_grad():
+        meta.decoder[-1].weight.normal_(0, 0.3)
+    arrays, _ = generate_grid(6, TASKS, SPEC, seed=0, chunk=6, progress=False)
+    return base, meta, arrays
+
+
+def test_replaying_metacontroller_codes_reproduces_action_log_probs(setup):
+    base, meta, arrays = setup
+    data = Trajectories(arrays, {"obs_format": "grid", "env": SPEC.__dict__})
+    batch = make_batch(data, np.arange(6))
+    noise = torch.randn(6, batch.actions.shape[1], 8, generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        residual = base.lower(batch.obs[:, :-1], LAYER)
+        out = meta(residual, batch.mask, noise=noise)
+        want = base.action_log_prob(base.upper(out.residual, LAYER), batch.actions)  # (6, T)
+    env = BatchedGridPinpad(6, TASKS, SPEC, seed=0, require_solvable=False)
+    env.reset(task_index=arrays["task_id"].astype(np.int64))
+    env.load_layout(arrays["layout"], arrays["agent"][:, 0])
+    t = batch.actions.shape[1]
+    pad = SPEC.horizon - t
+    codes = torch.nn.functional.pad(out.code, (0, 0, 0, pad))
+    actions = torch.nn.functional.pad(batch.actions, (0, pad))
+    roll = rollout_internal(base, meta, None, env, LAYER, seed=0, device="cpu", codes=codes, actions=actions,
+                            threshold=-1.0)  # take the recorded code at every step
+    got = roll.action_log_probs[:, :t]
+    assert torch.allclose(got[batch.mask], want[batch.mask], atol=1e-5)
+    assert env.succeeded.all() and torch.equal(roll.lengths, batch.mask.sum(1))
+    assert torch.allclose(roll.residuals[:, :t][batch.mask], residual[batch.mask], atol=1e-5)
+
+
+def test_codes_are_held_between_decisions(setup):
+    base, meta, _ = setup
+    policy = RecurrentCodePolicy(16, 8, hidden=32)
+    env = BatchedGridPinpad(8, parse_task_set("0-1-2-3", 8), SPEC, seed=1)
+    roll = rollout_internal(base, meta, policy, env, LAYER, seed=0, device="cpu")
+    assert roll.decisions[:, 0].all()  # the first step always takes a code
+    live = torch.arange(SPEC.horizon)[None] < roll.lengths[:, None]
+    assert not roll.decisions[~live].any()
+    # log-probs exist exactly at decisions, and match the policy replayed over the residuals
+    mean, log_std, _ = policy(roll.residuals)
+    replay = policy.log_prob(mean, log_std, roll.codes)
+    assert torch.allclose(replay[roll.decisions], roll.log_probs[roll.decisions], atol=1e-4)
+    assert (roll.log_probs[~roll.decisions] == 0).all()
+
+
+def test_policy_starts_at_the_prior_and_steps_equal_sequence():
+    policy = RecurrentCodePolicy(16, 8, hidden=32)
+    e = torch.randn(3, 7, 16)
+    mean, log_std, _ = policy(e)
+    assert torch.all(mean == 0) and torch.all(log_std == 0)
+    with torch.no_grad():
+        policy.head.weight.normal_()
+    mean, log_std, _ = policy(e)
+    state, steps = None, []
+    for t in range(7):
+        m, _, state = policy(e[:, t : t + 1], state)
+        steps.append(m)
+    assert torch.allclose(torch.cat(steps, 1), mean, atol=1e-5)
+
+
+def test_trajectory_advantages_and_clipped_surrogate():
+    adv = trajectory_advantages(torch.tensor([1.0, 0.0, 0.0, 1.0]))
+    assert torch.allclose(adv, torch.tensor([0.5, -0.5, -0.5, 0.5]) / (0.5 + 1e-3))  # population std 0.5
+    assert torch.all(trajectory_advantages(torch.zeros(5)) == 0)
+    old = torch.zeros(2, 3)
+    new = torch.full((2, 3), 1.0, requires_grad=True)  # ratio e > 1 + clip
+    decisions = torch.tensor([[True, False, True], [True, True, False]])
+    loss = clipped_surrogate_loss(new, old, torch.tensor([1.0, -1.0]), decisions, clip=0.2)
+    # positive advantage: clipped at 1.2 (no gradient); negative: unclipped e (gradient)
+    assert torch.isclose(loss, -(2 * 1.2 - 2 * np.e) / 4)
+    loss.backward()
+    assert torch.all(new.grad[0] == 0) and torch.all(new.grad[1, :2] > 0) and new.grad[1, 2] == 0
