@@ -90,6 +90,6 @@ def test_trajectory_advantages_and_clipped_surrogate():
     decisions = torch.tensor([[True, False, True], [True, True, False]])
     loss = clipped_surrogate_loss(new, old, torch.tensor([1.0, -1.0]), decisions, clip=0.2)
     # positive advantage: clipped at 1.2 (no gradient); negative: unclipped e (gradient)
-    assert torch.isclose(loss, -(2 * 1.2 - 2 * np.e) / 4)
+    assert abs(loss.item() + (2 * 1.2 - 2 * np.e) / 4) < 1e-5
     loss.backward()
     assert torch.all(new.grad[0] == 0) and torch.all(new.grad[1, :2] > 0) and new.grad[1, 2] == 0
