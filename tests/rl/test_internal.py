@@ -93,3 +93,33 @@ def test_trajectory_advantages_and_clipped_surrogate():
     assert abs(loss.item() + (2 * 1.2 - 2 * np.e) / 4) < 1e-5
     loss.backward()
     assert torch.all(new.grad[0] == 0) and torch.all(new.grad[1, :2] > 0) and new.grad[1, 2] == 0
+
+
+def test_rl_loops_run_and_only_the_policy_learns(setup):
+    from internalrl.rl.train import RLConfig, train_internal_rl, train_raw_rl
+
+    base, meta, _ = setup
+    before = {k: v.clone() for k, v in base.state_dict().items()}
+    cfg = RLConfig(episodes=8, batch_size=4, lr=1e-3, epochs=1, minibatches=2, policy_hidden=16)
+    task = parse_task_set("0-1", 8)[0]
+    policy, curve = train_internal_rl(base, meta, LAYER, GridSpec(horizon=12), task, cfg, seed=0, device="cpu",
+                                      progress=False)
+    assert [c[0] for c in curve] == [4, 8]
+    assert all(torch.equal(before[k], v) for k, v in base.state_dict().items())
+    tuned, curve = train_raw_rl(base, GridSpec(horizon=12), task, cfg, seed=0, device="cpu", progress=False)
+    assert len(curve) == 2 and all(torch.equal(before[k], v) for k, v in base.state_dict().items())
+
+
+def test_raw_rollout_log_probs_match_whole_sequence_replay(setup):
+    from internalrl.data import grid_observations
+    from internalrl.rl.train import rollout_raw
+
+    base, _, _ = setup
+    env = BatchedGridPinpad(5, parse_task_set("0-1-2-3", 8), SPEC, seed=2)
+    roll = rollout_raw(base, env, seed=0, device="cpu")
+    t = int(roll["lengths"].max())
+    obs = grid_observations(roll["layout"], roll["agent"][:, :t], SPEC)
+    with torch.no_grad():
+        replay = base.action_log_prob(base(obs), roll["actions"][:, :t])
+    mask = torch.arange(t)[None] < roll["lengths"][:, None]
+    assert torch.allclose(replay[mask], roll["log_probs"][:, :t][mask], atol=1e-5)

@@ -1,0 +1,154 @@
+"""RL on the post-training task (SPEC §6, §7), every method with the same critic-free PPO.
+
+* ``internal``: a causal policy over controller codes, acting when the metacontroller's
+  hardened switch fires (the base model, switch and decoder are part of the environment).
+* ``no-switch``: the same with a metacontroller trained with β ≡ 1: a code every step.
+* ``cotrained``: the same with a metacontroller co-trained with its base model.
+* ``raw``: finetune the base model itself on raw actions.
+"""
+from __future__ import annotations
+
+import copy
+import time
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from ..data import grid_observations
+from ..envs.gridworld import BatchedGridPinpad, GridSpec
+from ..envs.tasks import Task
+from ..metacontroller import Metacontroller
+from ..models.sequence_model import SequenceModel
+from .internal import rollout_internal
+from .policy import RecurrentCodePolicy
+from .ppo import clipped_surrogate_loss, trajectory_advantages
+
+METHODS = ("internal", "no-switch", "cotrained", "raw")
+
+
+@dataclass
+class RLConfig:
+    episodes: int = 100_000  # budget per run (paper: 100k steps of batch 1024; we count episodes)
+    batch_size: int = 1024  # episodes per PPO iteration
+    lr: float = 3e-5
+    epochs: int = 2  # passes over each batch [choice]
+    minibatches: int = 4  # [choice]
+    clip: float = 0.2
+    policy_hidden: int = 256
+    threshold: float = 0.5  # hardened switch
+
+    def validate(self) -> None:
+        checks = [("rl.episodes", self.episodes >= 1), ("rl.batch_size", self.batch_size >= 2), ("rl.lr", self.lr > 0),
+                  ("rl.epochs", self.epochs >= 1), ("rl.minibatches", self.minibatches >= 1),
+                  ("rl.clip", 0 < self.clip < 1), ("rl.policy_hidden", self.policy_hidden >= 1)]
+        for name, ok in checks:
+            if not ok:
+                raise ValueError(f"{name} has an invalid value: {getattr(self, name.split('.')[1])!r}")
+
+
+def _minibatches(n: int, k: int, rng: np.random.Generator):
+    perm = rng.permutation(n)
+    return [torch.as_tensor(c) for c in np.array_split(perm, min(k, n))]
+
+
+def train_internal_rl(base: SequenceModel, meta: Metacontroller, layer: int, spec: GridSpec, task: Task,
+                      cfg: RLConfig, seed: int, device, progress: bool = True, desc: str = "internal RL"):
+    """Returns the policy and a curve of (episodes seen, batch success rate, seconds)."""
+    torch.manual_seed(seed)
+    rng = np.random.default_rng(seed)
+    for p in list(base.parameters()) + list(meta.parameters()):
+        p.requires_grad_(False)
+    policy = RecurrentCodePolicy(base.cfg.width, meta.cfg.code_dim, cfg.policy_hidden).to(device)
+    opt = torch.optim.Adam(policy.parameters(), lr=cfg.lr)
+    env = BatchedGridPinpad(cfg.batch_size, [task], spec, seed=seed)
+    curve, seen, t0 = [], 0, time.perf_counter()
+    bar = tqdm(total=cfg.episodes, desc=desc, unit="ep", disable=not progress, leave=False)
+    it = 0
+    while seen < cfg.episodes:
+        roll = rollout_internal(base, meta, policy, env, layer, seed * 100_003 + it, device, threshold=cfg.threshold)
+        adv = trajectory_advantages(roll.returns)
+        t = int(roll.lengths.max())
+        for _ in range(cfg.epochs):
+            for mb in _minibatches(cfg.batch_size, cfg.minibatches, rng):
+                mean, log_std, _ = policy(roll.residuals[mb, :t])
+                logp = policy.log_prob(mean, log_std, roll.codes[mb, :t])
+                loss = clipped_surrogate_loss(logp, roll.log_probs[mb, :t], adv[mb], roll.decisions[mb, :t], cfg.clip)
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+                opt.step()
+        seen += cfg.batch_size
+        it += 1
+        success = float(roll.returns.mean())
+        curve.append((seen, success, time.perf_counter() - t0,
+                      float(roll.decisions.sum(1).float().mean())))
+        bar.update(cfg.batch_size)
+        bar.set_postfix(success=f"{success:.3f}")
+    bar.close()
+    return policy, curve
+
+
+@torch.no_grad()
+def rollout_raw(model: SequenceModel, env: BatchedGridPinpad, seed: int, device) -> dict:
+    gen = torch.Generator(device=device).manual_seed(seed)
+    obs = env.reset()
+    state = model.initial_state(env.num_envs, device)
+    horizon = env.spec.horizon
+    agent = torch.zeros(env.num_envs, horizon + 1, dtype=torch.long)
+    agent[:, 0] = torch.as_tensor(env.agent)
+    actions = torch.zeros(env.num_envs, horizon, dtype=torch.long)
+    logp = torch.zeros(env.num_envs, horizon)
+    lengths = torch.zeros(env.num_envs, dtype=torch.long)
+    for t in range(horizon):
+        live = torch.as_tensor(~env.done)
+        out = model(torch.as_tensor(obs, device=device)[:, None], state=state)
+        a = model.sample_action(out, gen)
+        logp[:, t] = model.action_log_prob(out, a[:, None])[:, 0].cpu()
+        actions[:, t] = a.cpu()
+        obs, *_ = env.step(a.cpu().numpy())
+        agent[:, t + 1] = torch.as_tensor(env.agent)
+        lengths += live.long()
+        if env.done.all():
+            break
+    return {"layout": torch.as_tensor(env.cell_identity), "agent": agent, "actions": actions, "log_probs": logp,
+            "lengths": lengths, "returns": torch.as_tensor(env.succeeded.astype(np.float32))}
+
+
+def train_raw_rl(base: SequenceModel, spec: GridSpec, task: Task, cfg: RLConfig, seed: int, device,
+                 progress: bool = True, desc: str = "raw-action RL"):
+    """Finetune a copy of the base model on raw actions with the same PPO."""
+    torch.manual_seed(seed)
+    rng = np.random.default_rng(seed)
+    model = copy.deepcopy(base).to(device)
+    for p in model.parameters():
+        p.requires_grad_(True)
+    opt = torch.optim.Adam(model.parameters(), lr=cfg.lr)
+    env = BatchedGridPinpad(cfg.batch_size, [task], spec, seed=seed)
+    curve, seen, t0, it = [], 0, time.perf_counter(), 0
+    bar = tqdm(total=cfg.episodes, desc=desc, unit="ep", disable=not progress, leave=False)
+    while seen < cfg.episodes:
+        model.eval()
+        roll = rollout_raw(model, env, seed * 100_003 + it, device)
+        model.train()
+        adv = trajectory_advantages(roll["returns"]).to(device)
+        t = int(roll["lengths"].max())
+        mask = (torch.arange(t)[None] < roll["lengths"][:, None]).to(device)
+        for _ in range(cfg.epochs):
+            for mb in _minibatches(cfg.batch_size, cfg.minibatches, rng):
+                obs = grid_observations(roll["layout"][mb], roll["agent"][mb, :t], spec).to(device)
+                out = model(obs)
+                logp = model.action_log_prob(out, roll["actions"][mb, :t].to(device))
+                loss = clipped_surrogate_loss(logp, roll["log_probs"][mb, :t].to(device), adv[mb.to(device)],
+                                              mask[mb.to(device)], cfg.clip)
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+                opt.step()
+        seen += cfg.batch_size
+        it += 1
+        success = float(roll["returns"].mean())
+        curve.append((seen, success, time.perf_counter() - t0, float(roll["lengths"].float().mean())))
+        bar.update(cfg.batch_size)
+        bar.set_postfix(success=f"{success:.3f}")
+    bar.close()
+    return model.eval(), curve
