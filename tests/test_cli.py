@@ -13,7 +13,9 @@ TINY = ["--set", "data.num_episodes=60", "--set", "model.width=16", "--set", "mo
         "--set", "train.checkpoint_every=2", "--set", "train.snapshots=2", "--set", "train.warmup_steps=1",
         "--set", "eval.num_envs=8", "--set", "probe.train_episodes=20", "--set", "probe.test_episodes=10",
         "--set", "probe.fit_steps=5", "--set", "controllers.steps=3", "--set", "controllers.batch_size=4",
-        "--set", "metacontroller.steps=3", "--set", "metacontroller.batch_size=4", "--no-progress"]
+        "--set", "metacontroller.steps=3", "--set", "metacontroller.batch_size=4", "--set", "rl.episodes=8",
+        "--set", "rl.batch_size=4", "--set", "rl.policy_hidden=8", "--set", "env.horizon=40", "--set", "model.max_len=48",
+        "--no-progress"]
 
 
 def test_run_writes_results_and_report_then_skips_finished_stages(tmp_path, capsys):
@@ -22,14 +24,14 @@ def test_run_writes_results_and_report_then_skips_finished_stages(tmp_path, caps
     results = json.loads((out / "results.json").read_text())
     assert {"data", "base_model", "eval_base", "probes", "controllers", "metacontroller"} <= set(results)
     assert 0 <= results["eval_base"]["free_play_completion"] <= 1
-    assert (out / "report.html").read_text().count("<img") >= 7
+    assert (out / "report.html").read_text().count("<img") >= 8
     assert len(list((out / "base_model" / "snapshots").glob("*.safetensors"))) == 2
     for stage in ("data", "base_model", "eval_base"):
         assert json.loads((out / stage / "metrics.json").read_text())
     weights = (out / "base_model" / "model.safetensors").read_bytes()
     capsys.readouterr()
     assert main(["run", "--out", str(out), *TINY]) == 0
-    assert capsys.readouterr().out.count("finished earlier, skipped") == 6
+    assert capsys.readouterr().out.count("finished earlier, skipped") == 8
     assert (out / "base_model" / "model.safetensors").read_bytes() == weights
 
 
@@ -106,3 +108,17 @@ def test_alpha_sweep_writes_points_and_figure(tmp_path):
     assert (out / "alpha_sweep" / "rate_distortion.png").stat().st_size > 1000
     assert "rate–distortion" in (out / "report.html").read_text()
     assert main(["sweep-alpha", "--out", str(out), "--alphas", "x", *TINY]) == 2
+
+
+def test_rl_command_runs_each_method_and_refuses_unknown_ones(tmp_path, capsys):
+    out = tmp_path / "run"
+    assert main(["run", "--out", str(out), *TINY]) == 0
+    for method in ("no-switch", "cotrained"):
+        assert main(["rl", "--out", str(out), "--method", method, "--task", "0-1", "--episodes", "4", *TINY]) == 0
+        assert (out / f"rl_{method}_0-1_4ep" / "DONE").exists()
+    assert (out / "metacontroller_noswitch" / "DONE").exists()
+    capsys.readouterr()
+    assert main(["rl", "--out", str(out), "--method", "compile", *TINY]) == 2
+    assert "unknown method" in capsys.readouterr().err
+    assert main(["rl", "--out", str(out), "--task", "0-9", *TINY]) == 2
+    assert "colour" in capsys.readouterr().err

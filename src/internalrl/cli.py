@@ -2,6 +2,7 @@
 
     internalrl run --preset quick --out runs/quick          # the whole gridworld pipeline
     internalrl data|train|evaluate|probe|controllers|metacontroller --out DIR [--preset P] [--seed N] [--set section.field=value ...]
+    internalrl rl --out DIR --method internal|raw|no-switch|cotrained [--task 0-1-2-3] [--episodes N]
     internalrl sweep-alpha --out DIR [--alphas 0,0.1,...]     # after `run`: the rate-distortion figure
     internalrl report --out DIR
     internalrl bench [--preset P] [--envs 1024]
@@ -57,6 +58,11 @@ def main(argv: list[str] | None = None) -> int:
                         ("controllers", "supervised subgoal controllers (and the layer sweep)"),
                         ("metacontroller", "train the metacontroller (frozen base, and co-trained beside it)")]:
         _common(sub.add_parser(name, help=help_))
+    p = sub.add_parser("rl", help="RL on a task with one method (needs the earlier stages)")
+    _common(p)
+    p.add_argument("--method", default="internal", help="internal | raw | no-switch | cotrained (default internal)")
+    p.add_argument("--task", default=None, help="task string, e.g. 0-1-2-3 (default: the post-training task)")
+    p.add_argument("--episodes", type=int, default=None, help="episode budget (default: rl.episodes)")
     p = sub.add_parser("sweep-alpha", help="metacontroller α sweep: the rate–distortion figure")
     _common(p)
     p.add_argument("--alphas", default="0,0.05,0.1,0.17,0.3,0.5,1", help="comma-separated α values (default: the paper's)")
@@ -105,6 +111,14 @@ def _dispatch(args) -> int:
         return 0
     run = _run_dir(args, cfg)
     progress = not args.no_progress
+    if args.command == "rl":
+        if args.episodes is not None:
+            if args.episodes < 1:
+                raise ConfigError("--episodes must be at least 1")
+            cfg.rl.episodes = args.episodes
+        stages.run_rl(cfg, run, args.method, args.task, progress=progress)
+        print(write_report(run.root))
+        return 0
     if args.command == "sweep-alpha":
         try:
             alphas = tuple(float(a) for a in args.alphas.split(","))
@@ -124,7 +138,7 @@ def _dispatch(args) -> int:
         "controllers": [stages.stage_controllers],
         "metacontroller": [stages.stage_metacontroller],
         "run": [stages.stage_data, stages.stage_base_model, stages.stage_eval_base, stages.stage_probes,
-                stages.stage_controllers, stages.stage_metacontroller],
+                stages.stage_controllers, stages.stage_metacontroller, stages.stage_rl_quick],
     }[args.command]
     for stage in plan:
         stage(cfg, run, progress=progress)

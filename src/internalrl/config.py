@@ -14,6 +14,7 @@ from .envs.gridworld import GridSpec
 from .envs.tasks import GRID_POSTTRAIN_TASK, TaskError, parse_task_set
 from .metacontroller import MetacontrollerConfig
 from .models.sequence_model import ModelConfig
+from .rl.train import RLConfig
 
 
 class ConfigError(ValueError):
@@ -91,6 +92,7 @@ class Config:
     probe: ProbeConfig = field(default_factory=ProbeConfig)
     controllers: ControllerConfig = field(default_factory=ControllerConfig)
     metacontroller: MetacontrollerConfig = field(default_factory=MetacontrollerConfig)
+    rl: RLConfig = field(default_factory=RLConfig)
 
     def control_layer(self) -> int:
         return self.model.depth // 2 if self.controllers.layer < 0 else self.controllers.layer
@@ -148,6 +150,7 @@ class Config:
         ]
         try:
             self.metacontroller.validate(self.model.width, self.model.depth)
+            self.rl.validate()
         except ValueError as e:
             raise ConfigError(str(e)) from None
         for name, ok, what in checks:
@@ -167,6 +170,7 @@ def _quick() -> Config:
     c.probe = ProbeConfig(train_episodes=1500, test_episodes=500, fit_steps=300)
     c.controllers = ControllerConfig(steps=300, batch_size=64, lr=3e-3)
     c.metacontroller = MetacontrollerConfig(steps=600, batch_size=64, lr=1e-3)
+    c.rl = RLConfig(episodes=20_000, batch_size=256, lr=3e-4, policy_hidden=128)
     return c
 
 

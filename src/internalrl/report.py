@@ -215,6 +215,25 @@ def section_alpha_sweep(root: Path, figs: Path) -> str:
             "switching aligned with subgoal changes.") + f"<table>{head}{rows}</table>")
 
 
+def section_rl(root: Path, figs: Path) -> str:
+    runs = sorted(p for p in root.glob("rl_*") if (p / "DONE").exists())
+    fig, axes = plt.subplots(1, 2, figsize=(11, 3.4))
+    rows = {}
+    for p in runs:
+        m = json.loads((p / "metrics.json").read_text())
+        curve = np.array(m["curve"])
+        for ax in axes:
+            ax.plot(curve[:, 0], curve[:, 1], label=p.name[3:])
+        h = m["headline"]
+        rows[p.name[3:]] = (f"final success {h['final_success']:.3f} after {h['episodes']} episodes; reached 0.8 at "
+                            f"{h['episodes_to_0.8'] or 'never'}; {h['seconds']:.0f} s")
+    axes[0].set(xlabel="episodes", ylabel="success rate (batch)", ylim=(-0.02, 1.02), title="RL on the task (linear)")
+    axes[1].set(xlabel="episodes", xscale="log", ylim=(-0.02, 1.02), title="log axis")
+    axes[0].legend(fontsize=7)
+    return "<h2>Reinforcement learning</h2>" + _table(rows) + _img(
+        _png(fig, figs / "rl.png"), "Success rate of each PPO batch against episodes (one seed each).")
+
+
 SECTIONS = [("data", section_data), ("base_model", section_base_model), ("eval_base", section_eval_base),
             ("probes", section_probes), ("controllers", section_controllers),
             ("metacontroller", section_metacontroller), ("alpha_sweep", section_alpha_sweep)]
@@ -231,6 +250,8 @@ def write_report(root: str | Path) -> Path:
     for stage, fn in SECTIONS:
         if (root / stage / "DONE").exists():
             body.append(fn(root, figs))
+    if any((p / "DONE").exists() for p in root.glob("rl_*")):
+        body.append(section_rl(root, figs))
     body.append("<h2>Config</h2><pre>" + html.escape(json.dumps(meta["config"], indent=1)) + "</pre>")
     style = ("body{font-family:sans-serif;max-width:1100px;margin:2em auto;color:#222}"
              "table{border-collapse:collapse}td{border:1px solid #ccc;padding:3px 8px}"

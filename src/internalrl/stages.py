@@ -9,7 +9,9 @@ from dataclasses import asdict
 import numpy as np
 import torch
 
-from .config import Config
+from pathlib import Path
+
+from .config import Config, ConfigError
 from .data import data_card, expert_reference, generate_grid, load_trajectories, save_trajectories
 from .experts.grid import task_marginal_reference
 from .envs.tasks import parse_task_set
@@ -316,3 +318,92 @@ def alpha_sweep(cfg: Config, run: RunDir, alphas=PAPER_ALPHAS, cotrained: bool =
                 "f1_cotrained": [p["f1"] for p in points if p["variant"] == "cotrained"]}
     return run.finish(stage, {"alphas": list(alphas), "metacontroller": asdict(cfg.metacontroller)},
                       {"headline": headline, "points": points})
+
+
+def _load_meta(path, cfg_meta, width: int, device):
+    from safetensors.torch import load_file
+
+    from .metacontroller import Metacontroller
+    from .train import CheckpointError
+
+    meta = Metacontroller(cfg_meta, width).to(device)
+    try:
+        meta.load_state_dict(load_file(str(path)))
+    except Exception as e:
+        raise CheckpointError(f"{path} is missing or corrupt ({type(e).__name__}); delete its stage folder and "
+                              "re-run it") from None
+    return meta.eval()
+
+
+def stage_noswitch_metacontroller(cfg: Config, run: RunDir, progress: bool = True):
+    """A metacontroller trained with β ≡ 1 (for the no-temporal-abstraction baseline)."""
+    from dataclasses import replace
+
+    if run.done("metacontroller_noswitch"):
+        return run.path("metacontroller_noswitch")
+    work = run.partial("metacontroller_noswitch")
+    mc = replace(cfg.metacontroller, switch="always")
+    res = _train_and_eval_meta(cfg, run, mc, "noswitch", progress, save_to=work)
+    for k in ("gates", "subgoals", "mask"):
+        res.pop(k)
+    headline = {k: res[k] for k in ("action_nll", "kl", "train_seconds")}
+    return run.finish("metacontroller_noswitch", {"metacontroller": asdict(mc)}, {"headline": headline, **res})
+
+
+def run_rl(cfg: Config, run: RunDir, method: str, task: str | None = None, seed_offset: int = 0,
+           progress: bool = True) -> Path:
+    """One RL run of ``method`` on ``task`` (default: the post-training task)."""
+    from dataclasses import replace
+
+    from .rl.train import METHODS, train_internal_rl, train_raw_rl
+
+    if method not in METHODS:
+        raise ConfigError(f"unknown method {method!r}; choose one of {', '.join(METHODS)} "
+                          "(compile: not implemented yet)")
+    spec = cfg.env.spec()
+    task_str_ = task or cfg.env.posttrain_task
+    tasks = parse_task_set(task_str_, spec.num_objects)
+    if len(tasks) != 1:
+        raise ConfigError(f"--task must be one task, got {len(tasks)}")
+    name = f"rl_{method}_{task_str_}_{cfg.rl.episodes}ep" + (f"_seed{seed_offset}" if seed_offset else "")
+    if run.done(name):
+        _log(f"{name}: finished earlier, skipped")
+        return run.path(name)
+    device = resolve_device(cfg.train.device)
+    layer = cfg.meta_layer()
+    seed = cfg.seed + 5000 + seed_offset
+    base = load_model(run.require("base_model", "train"), device=device)
+    if method == "raw":
+        _, curve = train_raw_rl(base, spec, tasks[0], cfg.rl, seed, device, progress, desc=name)
+    else:
+        if method == "no-switch":
+            folder = stage_noswitch_metacontroller(cfg, run, progress)
+            meta = _load_meta(folder / "noswitch.safetensors", replace(cfg.metacontroller, switch="always"),
+                              base.cfg.width, device)
+        else:
+            folder = run.require("metacontroller", "metacontroller")
+            label = "frozen" if method == "internal" else "cotrained"
+            meta = _load_meta(folder / f"{label}.safetensors", cfg.metacontroller, base.cfg.width, device)
+            if method == "cotrained":
+                base = _load_cotrained_base(folder, base, device)
+        _, curve = train_internal_rl(base, meta, layer, spec, tasks[0], cfg.rl, seed, device, progress, desc=name)
+    final = float(np.mean([c[1] for c in curve[-max(1, len(curve) // 10):]]))
+    first_hit = next((c[0] for c in curve if c[1] >= 0.8), None)
+    headline = {"method": method, "task": task_str_, "final_success": final, "episodes": curve[-1][0],
+                "episodes_to_0.8": first_hit, "seconds": curve[-1][2]}
+    _log(f"{name}: final success {final:.3f} after {curve[-1][0]} episodes ({curve[-1][2]:.0f} s)")
+    return run.finish(name, {"rl": asdict(cfg.rl), "method": method, "task": task_str_, "seed": seed},
+                      {"headline": headline, "curve": curve})
+
+
+def _load_cotrained_base(folder, base, device):
+    from safetensors.torch import load_file
+
+    base.load_state_dict(load_file(str(folder / "cotrained_base.safetensors")))
+    return base.to(device).eval()
+
+
+def stage_rl_quick(cfg: Config, run: RunDir, progress: bool = True):
+    """The quick pipeline's RL: internal RL and raw-action RL, one seed, the post-training task."""
+    for method in ("internal", "raw"):
+        run_rl(cfg, run, method, progress=progress)
