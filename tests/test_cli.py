@@ -122,3 +122,12 @@ def test_rl_command_runs_each_method_and_refuses_unknown_ones(tmp_path, capsys):
     assert "unknown method" in capsys.readouterr().err
     assert main(["rl", "--out", str(out), "--task", "0-9", *TINY]) == 2
     assert "colour" in capsys.readouterr().err
+
+
+def test_noisy_data_comes_with_a_clean_copy(tmp_path):
+    out = tmp_path / "run"
+    assert main(["data", "--out", str(out), *TINY, "--set", "data.epsilon=0.2"]) == 0
+    noisy = json.loads((out / "data" / "card.json").read_text())
+    clean = json.loads((out / "data_clean" / "card.json").read_text())
+    assert noisy["epsilon"] == 0.2 and clean["epsilon"] == 0.0
+    assert json.loads((out / "results.json").read_text())["data_clean"]["epsilon"] == 0.0

@@ -51,7 +51,12 @@ def section_data(root: Path, figs: Path) -> str:
     ax[1].set_xticks(range(len(card["tasks"])), card["tasks"], rotation=70, fontsize=7)
     ax[1].set(title="episodes per pretraining task")
     gen = card["generation"]
-    return "<h2>Expert data</h2>" + _table({
+    clean = ""
+    if (root / "data_clean" / "DONE").exists():
+        cc = json.loads((root / "data_clean" / "metrics.json").read_text())["card"]
+        clean = (f"<p>The base model trains on D (ε = {card['epsilon']:g}); probes, controllers and the metacontroller "
+                 f"use the clean set D* (ε = 0): {cc['num_episodes']} episodes, mean length {cc['length']['mean']:.1f}.</p>")
+    return "<h2>Expert data</h2>" + clean + _table({
         "episodes": card["num_episodes"], "steps": card["num_steps"], "mean length": card["length"]["mean"],
         "expert success (ε=%g)" % card["epsilon"]: gen["expert_success_rate"],
         "layouts resampled (no safe path)": f"{gen['layouts_resampled_no_safe_path']} of {gen['layouts_sampled']} "

@@ -24,28 +24,41 @@ def _log(msg: str) -> None:
     print(f"[internalrl] {msg}", flush=True)
 
 
-def stage_data(cfg: Config, run: RunDir, progress: bool = True):
-    """Expert trajectories on the pretraining tasks (SPEC §2)."""
-    if run.done("data"):
-        _log("data: finished earlier, skipped")
-        return run.path("data")
+def _generate_data(cfg: Config, run: RunDir, stage: str, epsilon: float, seed: int, progress: bool):
+    if run.done(stage):
+        _log(f"{stage}: finished earlier, skipped")
+        return run.path(stage)
     t0 = time.perf_counter()
     spec = cfg.env.spec()
     tasks = parse_task_set(cfg.env.pretrain_tasks, spec.num_objects)
-    arrays, stats = generate_grid(cfg.data.num_episodes, tasks, spec, seed=cfg.seed, epsilon=cfg.data.epsilon,
-                                  progress=progress)
+    arrays, stats = generate_grid(cfg.data.num_episodes, tasks, spec, seed=seed, epsilon=epsilon, progress=progress)
     stats["seconds"] = time.perf_counter() - t0
-    card = data_card(arrays, tasks, {"obs_format": "grid", "env": asdict(spec), "epsilon": cfg.data.epsilon,
-                                     "seed": cfg.seed, "generation": stats})
-    save_trajectories(run.partial("data"), arrays, card)
+    card = data_card(arrays, tasks, {"obs_format": "grid", "env": asdict(spec), "epsilon": epsilon,
+                                     "seed": seed, "generation": stats})
+    save_trajectories(run.partial(stage), arrays, card)
     headline = {
         "episodes": card["num_episodes"], "steps": card["num_steps"], "mean_length": card["length"]["mean"],
-        "expert_success_rate": stats["expert_success_rate"], "layout_resample_fraction": stats["resample_fraction"],
-        "expert_reference_accuracy": card["expert_reference"]["accuracy"], "seconds": stats["seconds"],
+        "epsilon": epsilon, "expert_success_rate": stats["expert_success_rate"],
+        "layout_resample_fraction": stats["resample_fraction"], "seconds": stats["seconds"],
     }
-    _log(f"data: {card['num_episodes']} episodes, mean length {card['length']['mean']:.1f}, "
+    _log(f"{stage}: {card['num_episodes']} episodes (epsilon {epsilon}), mean length {card['length']['mean']:.1f}, "
+         f"expert success {stats['expert_success_rate']:.3f}, "
          f"{100 * stats['resample_fraction']:.1f}% of layouts resampled (no safe path)")
-    return run.finish("data", asdict(cfg.data), {"headline": headline, "card": card})
+    return run.finish(stage, {**asdict(cfg.data), "epsilon": epsilon, "seed": seed}, {"headline": headline, "card": card})
+
+
+def stage_data(cfg: Config, run: RunDir, progress: bool = True):
+    """Expert trajectories D on the pretraining tasks (SPEC §2), with the configured noise ε,
+    and, when ε > 0, the clean set D* (ε = 0) that analyses and the metacontroller use."""
+    path = _generate_data(cfg, run, "data", cfg.data.epsilon, cfg.seed, progress)
+    if cfg.data.epsilon > 0:
+        _generate_data(cfg, run, "data_clean", 0.0, cfg.seed + 1, progress)
+    return path
+
+
+def clean_data(cfg: Config, run: RunDir):
+    """D*: the ε = 0 data (the training data itself when ε = 0)."""
+    return load_trajectories(run.require("data_clean" if cfg.data.epsilon > 0 else "data", "data"))
 
 
 def stage_base_model(cfg: Config, run: RunDir, progress: bool = True):
@@ -57,9 +70,10 @@ def stage_base_model(cfg: Config, run: RunDir, progress: bool = True):
     work = run.partial("base_model")
     model, info = train_base_model(cfg, data, work, progress=progress)
     device = next(model.parameters()).device
-    _, val_idx = data.split(cfg.data.val_fraction)
-    heldout = evaluate_heldout(model, data, val_idx, 256, device)
-    val_arrays = {k: v[val_idx] for k, v in data.arrays.items()}
+    clean = clean_data(cfg, run)  # score against the noiseless expert
+    _, val_idx = clean.split(cfg.data.val_fraction)
+    heldout = evaluate_heldout(model, clean, val_idx, 256, device)
+    val_arrays = {k: v[val_idx] for k, v in clean.arrays.items()}
     ref = expert_reference(val_arrays)
     spec = cfg.env.spec()
     marginal = task_marginal_reference(val_arrays, parse_task_set(cfg.env.pretrain_tasks, spec.num_objects), spec)
@@ -118,7 +132,7 @@ def stage_probes(cfg: Config, run: RunDir, progress: bool = True):
         return run.path("probes")
     t0 = time.perf_counter()
     device = resolve_device(cfg.train.device)
-    data = load_trajectories(run.require("data", "data"))
+    data = clean_data(cfg, run)
     base = run.require("base_model", "train")
     train_idx, val_idx = data.split(cfg.data.val_fraction)
     fit_idx, test_idx = train_idx[: cfg.probe.train_episodes], val_idx[: cfg.probe.test_episodes]
@@ -160,9 +174,7 @@ def stage_controllers(cfg: Config, run: RunDir, progress: bool = True):
         return run.path("controllers")
     t0 = time.perf_counter()
     device = resolve_device(cfg.train.device)
-    data = load_trajectories(run.require("data", "data"))
-    if cfg.data.epsilon > 0:
-        _log("controllers: note: trained on the stored data, generated with epsilon > 0 (SPEC asks for clean D*)")
+    data = clean_data(cfg, run)
     model = load_model(run.require("base_model", "train"), device=device)
     spec = cfg.env.spec()
     post = parse_task_set(cfg.env.posttrain_task, spec.num_objects)
@@ -212,7 +224,7 @@ def _train_and_eval_meta(cfg: Config, run: RunDir, mc, label: str, progress: boo
     from .metacontroller import evaluate_metacontroller, train_metacontroller
 
     device = resolve_device(cfg.train.device)
-    data = load_trajectories(run.require("data", "data"))
+    data = clean_data(cfg, run)
     base = load_model(run.require("base_model", "train"), device=device)  # a fresh copy: co-training changes it
     train_idx, val_idx = data.split(cfg.data.val_fraction)
     layer = cfg.meta_layer()
