@@ -46,14 +46,15 @@ def bench_train(cfg: Config, steps: int = 10) -> dict:
     device = resolve_device(cfg.train.device)
     spec = cfg.env.spec()
     tasks = parse_task_set(cfg.env.pretrain_tasks, spec.num_objects)
-    arrays, _ = generate_grid(max(2 * cfg.train.batch_size, 512), tasks, spec, seed=0, progress=False)
+    arrays, _ = generate_grid(max(8 * cfg.train.batch_size, 2048), tasks, spec, seed=0, progress=False)
     data = Trajectories(arrays, {"obs_format": "grid", "env": spec.__dict__})
     torch.manual_seed(0)
     model = SequenceModel(cfg.model).to(device)
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.train.lr)
     tokens, elapsed = 0, 0.0
     for i in range(steps + 2):
-        batch = make_batch(data, batch_indices(np.arange(data.num_episodes), cfg.train.batch_size, 0, i)).to(device)
+        idx = batch_indices(np.arange(data.num_episodes), cfg.train.batch_size, 0, i, data.arrays["lengths"])
+        batch = make_batch(data, idx).to(device)
         _sync(device)
         t0 = time.perf_counter()
         losses = sequence_losses(model, batch)

@@ -156,3 +156,25 @@ def test_egocentric_model_keeps_step_sequence_parity():
     assert torch.allclose(steps, m(x).action, atol=1e-5)
     with pytest.raises(ValueError, match="grid_size"):
         SequenceModel(ModelConfig(obs_dim=100, obs_encoder="egocentric"))
+
+
+def test_sparse_egocentric_embedding_equals_dense_linear_of_the_window():
+    from internalrl.envs.gridworld import BatchedGridPinpad, GridSpec
+    from internalrl.envs.tasks import parse_task_set
+    from internalrl.models.sequence_model import EgocentricEmbedding
+
+    torch.manual_seed(0)
+    emb = EgocentricEmbedding(7, 637, 24)
+    with torch.no_grad():
+        emb.linear.bias.normal_()
+    env = BatchedGridPinpad(50, parse_task_set("grid-pretrain", 8), GridSpec(), seed=0)
+    obs = torch.as_tensor(env.reset())
+    dense = emb.linear(emb.window(obs))
+    assert torch.allclose(emb(obs), dense, atol=1e-5)
+    assert torch.allclose(emb(obs[None]), dense[None], atol=1e-5)  # leading dims
+    # gradients reach the same columns as the dense product
+    emb(obs).sum().backward()
+    g_sparse = emb.linear.weight.grad.clone()
+    emb.linear.weight.grad = None
+    emb.linear(emb.window(obs)).sum().backward()
+    assert torch.allclose(g_sparse, emb.linear.weight.grad, atol=1e-4)
