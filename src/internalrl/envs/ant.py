@@ -69,7 +69,7 @@ from typing import Sequence
 import numpy as np
 
 from .gridworld import BatchedGridPinpad, GridSpec, PALETTE, pad_tasks
-from .tasks import Task, TaskError, subgoal_of_colour
+from .tasks import Task, TaskError, advance_tasks, next_colours, subgoal_of_colour
 
 try:  # MuJoCo is the optional ``ant`` extra
     import mujoco
@@ -392,10 +392,7 @@ class BatchedAntPinpad:
 
     def next_colour(self) -> np.ndarray:
         """(N,) the next colour to visit, or -1 when it is ambiguous (free play) or done."""
-        expected = self.task_table[:, self.progress].T  # (N, K)
-        first = expected[self._ar, self.consistent.argmax(1)]
-        agree = ((expected == first[:, None]) | ~self.consistent).all(1)
-        return np.where(agree & (first >= 0) & ~self.done, first, -1)
+        return next_colours(self.task_table, self.progress, self.consistent, self.done)
 
     def subgoal(self) -> np.ndarray:
         """(N,) ground-truth subgoal (the next colour), -1 if unknown or done."""
@@ -435,13 +432,8 @@ class BatchedAntPinpad:
         self.cell = np.where(active, new, self.cell)
         self.layout.agent = np.maximum(self.cell, 0)
 
-        expected = self.task_table[:, self.progress].T  # (N, K)
-        match = self.consistent & (expected == colour[:, None])
-        wrong = visited & ~match.any(1)
-        progressed = visited & ~wrong
-        self.consistent = np.where(progressed[:, None], match, self.consistent)
-        self.progress = self.progress + progressed
-        success = progressed & (self.consistent & (self.task_len[None, :] == self.progress[:, None])).any(1)
+        self.consistent, self.progress, success, wrong = advance_tasks(
+            self.task_table, self.task_len, self.progress, self.consistent, colour, visited)
         self.t = self.t + active
         terminated = active & (success | wrong | crashed)
         truncated = active & ~terminated & (self.t >= spec.horizon)

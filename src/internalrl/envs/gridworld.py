@@ -19,7 +19,7 @@ from typing import Sequence
 
 import numpy as np
 
-from .tasks import Task, TaskError, subgoal_of_colour
+from .tasks import Task, TaskError, advance_tasks, next_colours, subgoal_of_colour
 
 UP, DOWN, LEFT, RIGHT = 0, 1, 2, 3
 ACTION_NAMES = ("up", "down", "left", "right")
@@ -282,10 +282,7 @@ class BatchedGridPinpad:
 
     def next_colour(self) -> np.ndarray:
         """(N,) the next colour to visit, or -1 when it is ambiguous (free play) or done."""
-        expected = self.task_table[:, self.progress].T  # (N, K)
-        first = expected[self._ar, self.consistent.argmax(1)]
-        agree = ((expected == first[:, None]) | ~self.consistent).all(1)
-        return np.where(agree & (first >= 0) & ~self.done, first, -1)
+        return next_colours(self.task_table, self.progress, self.consistent, self.done)
 
     def subgoal(self) -> np.ndarray:
         """(N,) ground-truth subgoal (the pair holding the next colour), -1 if unknown."""
@@ -313,13 +310,8 @@ class BatchedGridPinpad:
         colour = self.cell_colour()[self._ar, new]
         visited = moved & (colour >= 0)
 
-        expected = self.task_table[:, self.progress].T  # (N, K)
-        match = self.consistent & (expected == colour[:, None])
-        failed = visited & ~match.any(1)
-        progressed = visited & ~failed
-        self.consistent = np.where(progressed[:, None], match, self.consistent)
-        self.progress = self.progress + progressed
-        success = progressed & (self.consistent & (self.task_len[None, :] == self.progress[:, None])).any(1)
+        self.consistent, self.progress, success, failed = advance_tasks(
+            self.task_table, self.task_len, self.progress, self.consistent, colour, visited)
         self.t = self.t + active
         terminated = active & (success | failed)
         truncated = active & ~terminated & (self.t >= self.spec.horizon)

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 from typing import Sequence
 
+import numpy as np
+
 Task = tuple[int, ...]
 
 GRID_PRETRAIN_TASKS: tuple[str, ...] = (
@@ -84,3 +86,29 @@ def task_str(task: Sequence[int]) -> str:
 def subgoal_of_colour(colour: int, colours_per_subgoal: int) -> int:
     """Grid: a subgoal is a pair of colours (A=0-1, B=2-3, ...); ant: a single colour."""
     return colour // colours_per_subgoal
+
+
+# ----------------------------------------------------- task progress over N envs
+# Each environment holds a set of admissible tasks (rows of a -1-padded ``task_table (K, L+1)``)
+# as a boolean mask ``consistent (N, K)``, and ``progress (N,)`` colours visited correctly.
+
+def next_colours(task_table, progress, consistent, done):
+    """(N,) the next colour to visit, or -1 when the admissible tasks disagree or done."""
+    expected = task_table[:, progress].T  # (N, K)
+    first = expected[np.arange(len(progress)), consistent.argmax(1)]
+    agree = ((expected == first[:, None]) | ~consistent).all(1)
+    return np.where(agree & (first >= 0) & ~done, first, -1)
+
+
+def advance_tasks(task_table, task_len, progress, consistent, colour, visited):
+    """Apply this step's visits (``visited (N,)``, colour entered ``colour (N,)``).
+    Returns ``consistent, progress, success, failed``: a visit fails when no admissible
+    task wants that colour next, and succeeds when it completes one."""
+    expected = task_table[:, progress].T  # (N, K)
+    match = consistent & (expected == colour[:, None])
+    failed = visited & ~match.any(1)
+    progressed = visited & ~failed
+    consistent = np.where(progressed[:, None], match, consistent)
+    progress = progress + progressed
+    success = progressed & (consistent & (task_len[None, :] == progress[:, None])).any(1)
+    return consistent, progress, success, failed
