@@ -33,6 +33,7 @@ def _img(b64: str, caption: str) -> str:
 
 
 def _table(rows: dict) -> str:
+    rows = {k: ("n/a" if v is None else v) for k, v in rows.items()}
     cells = "".join(
         f"<tr><td>{html.escape(str(k))}</td><td>{v:.4g}</td></tr>" if isinstance(v, float)
         else f"<tr><td>{html.escape(str(k))}</td><td>{html.escape(str(v))}</td></tr>"
@@ -132,7 +133,7 @@ def section_probes(root: Path, figs: Path) -> str:
     ax[0].axhline(m["majority_class_rate"], color="k", ls="--", label="majority class")
     ax[0].set(xlabel="layer (0 = embedding)", ylabel="subgoal probe accuracy", title="probe accuracy per layer")
     ax[0].legend()
-    pos = np.array(m["accuracy_by_segment_position"])
+    pos = np.array(m["accuracy_by_segment_position"], dtype=float)  # None (no such step) -> nan
     for layer in range(len(acc)):
         ax[1].plot(pos[layer], label=f"layer {layer}")
     ax[1].set(xlabel="steps since the subgoal began (last bin: ≥)", ylabel="accuracy", title="belief sharpening")

@@ -81,7 +81,7 @@ class RunDir:
     def finish(self, stage: str, config: dict, metrics: dict) -> Path:
         tmp = self.partial(stage)
         (tmp / "config.json").write_text(json.dumps(config, indent=2))
-        (tmp / "metrics.json").write_text(json.dumps(metrics, indent=2))
+        (tmp / "metrics.json").write_text(json.dumps(metrics, indent=2, allow_nan=False))
         (tmp / "DONE").write_text("")
         final = self.root / stage
         if final.exists():  # an unfinished leftover (no DONE): never a finished artifact
@@ -95,7 +95,7 @@ class RunDir:
         results = json.loads(path.read_text()) if path.exists() else {}
         results[stage] = metrics.get("headline", metrics)
         tmp = path.with_suffix(".tmp")
-        tmp.write_text(json.dumps(results, indent=2))
+        tmp.write_text(json.dumps(results, indent=2, allow_nan=False))
         os.replace(tmp, path)
 
     def results(self) -> dict:

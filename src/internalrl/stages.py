@@ -218,6 +218,10 @@ def stage_controllers(cfg: Config, run: RunDir, progress: bool = True):
                       {"headline": headline, "per_layer": per_layer, "uncontrolled": uncontrolled})
 
 
+def _fmt(x) -> str:
+    return "n/a" if x is None else f"{x:.3f}"
+
+
 def _train_and_eval_meta(cfg: Config, run: RunDir, mc, label: str, progress: bool, save_to=None) -> dict:
     from safetensors.torch import save_file
 
@@ -257,8 +261,8 @@ def stage_metacontroller(cfg: Config, run: RunDir, progress: bool = True):
         np.savez(work / f"{label}_examples.npz", gates=res.pop("gates")[:8].numpy(),
                  subgoals=res.pop("subgoals")[:8].numpy(), mask=res.pop("mask")[:8].numpy())
         results[label] = res
-        _log(f"metacontroller ({label}, alpha={mc.alpha}): switch F1 {res['f1']:.3f} (precision {res['precision']:.3f}, "
-             f"recall {res['recall']:.3f}), switches/episode {res['switches_per_episode']:.2f} vs subgoals "
+        _log(f"metacontroller ({label}, alpha={mc.alpha}): switch F1 {res['f1']:.3f} (precision {_fmt(res['precision'])}, "
+             f"recall {_fmt(res['recall'])}), switches/episode {res['switches_per_episode']:.2f} vs subgoals "
              f"{res['subgoals_per_episode']:.2f}, beta in (0.1,0.9): {res['fraction_beta_intermediate']:.3f}, "
              f"NLL {res['action_nll']:.3f}, KL {res['kl']:.3f}")
     keys = ("f1", "precision", "recall", "switches_per_episode", "subgoals_per_episode", "fraction_beta_intermediate",

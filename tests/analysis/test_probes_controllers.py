@@ -80,3 +80,5 @@ def test_switch_metrics_match_changes_within_one_step():
     assert m["precision"] == 0.5 and m["recall"] == 0.5
     soft = torch.full((1, 10), 0.5)
     assert switch_metrics(soft, sub, mask)["fraction_beta_intermediate"] == 1.0
+    never = switch_metrics(torch.zeros(1, 10), sub, mask)
+    assert never["precision"] is None and never["f1"] == 0.0 and never["recall"] == 0.0

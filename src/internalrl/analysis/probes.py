@@ -79,7 +79,7 @@ def probe_layers(model: SequenceModel, data: Trajectories, train_idx: np.ndarray
         with torch.no_grad():
             correct = (probe(xte[layer][keep_te]).argmax(-1) == yte[keep_te]).float()
         per_layer.append(float(correct.mean()))
-        by_pos.append([float(correct[pos == p].mean()) if (pos == p).any() else float("nan")
+        by_pos.append([float(correct[pos == p].mean()) if (pos == p).any() else None
                        for p in range(max_segment_pos + 1)])
         probes.append(probe)
     chance = float(torch.bincount(yte[keep_te], minlength=num_classes).max() / keep_te.sum())

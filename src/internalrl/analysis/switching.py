@@ -23,13 +23,14 @@ def switch_metrics(gates: torch.Tensor, subgoals: torch.Tensor, mask: torch.Tens
     tp_pred = (switch & near(change)).sum().item()
     tp_true = (change & near(switch)).sum().item()
     n_pred, n_true = switch.sum().item(), change.sum().item()
-    precision = tp_pred / n_pred if n_pred else float("nan")
-    recall = tp_true / n_true if n_true else float("nan")
-    f1 = 2 * precision * recall / (precision + recall) if n_pred and n_true and precision + recall > 0 else 0.0
+    precision = tp_pred / n_pred if n_pred else None  # None: no switch to judge (JSON null)
+    recall = tp_true / n_true if n_true else None
+    f1 = 2 * precision * recall / (precision + recall) if precision is not None and recall is not None \
+        and precision + recall > 0 else 0.0
     g = gates[valid]
     return {
         "precision": precision, "recall": recall, "f1": f1,
         "switches_per_episode": (switch.sum(1).float() + 1).mean().item(),  # + the first step
         "subgoals_per_episode": (change.sum(1).float() + 1).mean().item(),
-        "fraction_beta_intermediate": ((g > 0.1) & (g < 0.9)).float().mean().item() if g.numel() else float("nan"),
+        "fraction_beta_intermediate": ((g > 0.1) & (g < 0.9)).float().mean().item() if g.numel() else None,
     }
