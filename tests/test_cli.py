@@ -131,3 +131,17 @@ def test_noisy_data_comes_with_a_clean_copy(tmp_path):
     clean = json.loads((out / "data_clean" / "card.json").read_text())
     assert noisy["epsilon"] == 0.2 and clean["epsilon"] == 0.0
     assert json.loads((out / "results.json").read_text())["data_clean"]["epsilon"] == 0.0
+
+
+def test_ant_data_says_plainly_when_the_expert_produces_nothing(tmp_path, capsys):
+    pytest.importorskip("mujoco")
+    from internalrl.envs.ant import AntSpec
+    from internalrl.experts.ant import AntExpertPolicy, expert_obs_dim, save_policy
+
+    torch.manual_seed(0)  # an untrained expert: it succeeds in none of its 50 tries
+    weights = tmp_path / "w.safetensors"
+    save_policy(AntExpertPolicy(expert_obs_dim(AntSpec())), weights)
+    out = tmp_path / "ant"
+    assert main(["ant-data", "--out", str(out), "--episodes", "1", "--weights", str(weights), "--no-progress"]) == 2
+    assert "no successful episode" in capsys.readouterr().err
+    assert not (out / "data").exists()

@@ -67,6 +67,16 @@ def main(argv: list[str] | None = None) -> int:
     _common(p)
     p.add_argument("--alphas", default="0,0.05,0.1,0.17,0.3,0.5,1", help="comma-separated α values (default: the paper's)")
     p.add_argument("--no-cotrained", action="store_true", help="skip the co-trained variant")
+    p = sub.add_parser("ant-data", help="ant-pinpad datasets D (sampled actions) and D* (mean actions)")
+    p.add_argument("--out", required=True, help="folder; gets data/ (D) and data_clean/ (D*)")
+    p.add_argument("--episodes", type=int, default=1000, help="successful episodes per dataset (default 1000)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--tasks", default="ant-pretrain", help="task set (default ant-pretrain)")
+    p.add_argument("--weights", default=None, help="expert weights (default: the shipped expert)")
+    p.add_argument("--no-progress", action="store_true")
+    p = sub.add_parser("ant-expert", help="train or evaluate the ant PPO expert (see docs/ant.md)",
+                       add_help=False)
+    p.add_argument("rest", nargs=argparse.REMAINDER)
     p = sub.add_parser("report", help="(re)write report.html of a run directory")
     p.add_argument("--out", required=True)
     p = sub.add_parser("bench", help="throughput benchmarks (env, pretraining, acting)")
@@ -90,6 +100,13 @@ def _dispatch(args) -> int:
     from . import stages
     from .report import write_report
 
+    if args.command == "ant-expert":
+        from .experts.ant import main as ant_main
+
+        ant_main(args.rest)
+        return 0
+    if args.command == "ant-data":
+        return _ant_data(args)
     if args.command == "report":
         root = Path(args.out)
         if not (root / "run.json").exists():
@@ -147,6 +164,32 @@ def _dispatch(args) -> int:
         run.update_results("wall_seconds_last_invocation", {"seconds": elapsed})
         report = write_report(run.root)
         print(f"[internalrl] done in {elapsed / 60:.1f} min; report: {report}; numbers: {run.root / 'results.json'}")
+    return 0
+
+
+def _ant_data(args) -> int:
+    """D and D* for the ant through the same dataset code as the gridworld."""
+    from .envs.ant import AntSpec
+    from .envs.tasks import parse_task_set
+    from .experts.ant import generate_ant_dataset, load_ant_expert, write_ant_dataset
+
+    if args.episodes < 1:
+        raise ConfigError("--episodes must be at least 1")
+    out = Path(args.out)
+    for name in ("data", "data_clean"):
+        if (out / name / "card.json").exists():
+            raise RunDirError(f"{out / name} already holds a dataset; use another --out")
+    spec = AntSpec()
+    tasks = parse_task_set(args.tasks, spec.num_objects)
+    policy = load_ant_expert(args.weights)
+    for name, mean in (("data", False), ("data_clean", True)):
+        arrays, stats = generate_ant_dataset(args.episodes, tasks, args.seed + int(mean), policy, mean_actions=mean,
+                                             spec=spec, progress=not args.no_progress)
+        tmp = out / f".{name}.partial"
+        write_ant_dataset(tmp, arrays, stats, tasks, spec, {"seed": args.seed + int(mean)})
+        tmp.rename(out / name)
+        print(f"[internalrl] ant {name}: {stats['episodes_kept']} episodes kept, expert success "
+              f"{stats['expert_success_rate']:.3f} ({'mean' if mean else 'sampled'} actions)")
     return 0
 
 
