@@ -164,13 +164,19 @@ def load_ant_expert(path: str | Path | None = None) -> AntExpertPolicy:
     from safetensors import safe_open
     from safetensors.torch import load_file
 
+    from ..train import CheckpointError
+
     path = Path(path) if path is not None else DEFAULT_WEIGHTS
     if not path.exists():
-        raise FileNotFoundError(f"no ant expert weights at {path}; train one with train_ant_expert()")
-    with safe_open(str(path), "pt") as f:
-        meta = f.metadata() or {}
-    policy = AntExpertPolicy(int(meta["obs_dim"]), int(meta["hidden"]))
-    policy.load_state_dict(load_file(str(path)))
+        raise CheckpointError(f"no ant expert weights at {path}; train one with `internalrl ant-expert train`")
+    try:
+        with safe_open(str(path), "pt") as f:
+            meta = f.metadata() or {}
+        policy = AntExpertPolicy(int(meta["obs_dim"]), int(meta["hidden"]))
+        policy.load_state_dict(load_file(str(path)))
+    except Exception as e:
+        raise CheckpointError(f"the ant expert weights at {path} are corrupt or from another version "
+                              f"({type(e).__name__}); retrain with `internalrl ant-expert train`") from None
     return policy.eval()
 
 
