@@ -145,3 +145,15 @@ def test_ant_data_says_plainly_when_the_expert_produces_nothing(tmp_path, capsys
     assert main(["ant-data", "--out", str(out), "--episodes", "1", "--weights", str(weights), "--no-progress"]) == 2
     assert "no successful episode" in capsys.readouterr().err
     assert not (out / "data").exists()
+
+
+def test_experiment_matrix_writes_fig8_and_table(tmp_path):
+    out = tmp_path / "exp"
+    args = ["experiment", "--out", str(out), "--base-seeds", "2", "--meta-seeds", "2", "--methods", "internal,raw",
+            "--task", "0-1", *[a for a in TINY if a != "--no-progress"], "--no-progress"]
+    assert main(args) == 0
+    res = json.loads((out / "experiment.json").read_text())
+    assert res["table"]["internal"]["runs"] == 4 and res["table"]["raw"]["runs"] == 2
+    assert (out / "fig8.png").stat().st_size > 1000
+    assert (out / "base1" / "metacontroller_m1" / "DONE").exists()
+    assert main([*args[:-1], "--methods", "internal,compile", "--no-progress"]) == 2

@@ -3,6 +3,7 @@
     internalrl run --preset quick --out runs/quick          # the whole gridworld pipeline
     internalrl data|train|evaluate|probe|controllers|metacontroller --out DIR [--preset P] [--seed N] [--set section.field=value ...]
     internalrl rl --out DIR --method internal|raw|no-switch|cotrained [--task 0-1-2-3] [--episodes N]
+    internalrl experiment --out DIR --base-seeds 3 --meta-seeds 2 [--methods internal,raw,...]
     internalrl sweep-alpha --out DIR [--alphas 0,0.1,...]     # after `run`: the rate-distortion figure
     internalrl report --out DIR
     internalrl bench [--preset P] [--envs 1024]
@@ -63,6 +64,14 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--method", default="internal", help="internal | raw | no-switch | cotrained (default internal)")
     p.add_argument("--task", default=None, help="task string, e.g. 0-1-2-3 (default: the post-training task)")
     p.add_argument("--episodes", type=int, default=None, help="episode budget (default: rl.episodes)")
+    p = sub.add_parser("experiment", help="Fig. 8: base-model seeds x metacontroller seeds x methods")
+    _common(p, out=False)
+    p.add_argument("--out", required=True, help="experiment folder (one run directory per base seed inside)")
+    p.add_argument("--base-seeds", type=int, default=3)
+    p.add_argument("--meta-seeds", type=int, default=2)
+    p.add_argument("--methods", default="internal,raw,no-switch,cotrained")
+    p.add_argument("--task", default=None, help="default: the post-training task")
+    p.add_argument("--no-progress", action="store_true")
     p = sub.add_parser("sweep-alpha", help="metacontroller α sweep: the rate–distortion figure")
     _common(p)
     p.add_argument("--alphas", default="0,0.05,0.1,0.17,0.3,0.5,1", help="comma-separated α values (default: the paper's)")
@@ -125,6 +134,14 @@ def _dispatch(args) -> int:
         print(text)
         if args.json:
             Path(args.json).write_text(text)
+        return 0
+    if args.command == "experiment":
+        if args.base_seeds < 1 or args.meta_seeds < 1:
+            raise ConfigError("--base-seeds and --meta-seeds must be at least 1")
+        stages.experiment(cfg, Path(args.out), args.base_seeds, args.meta_seeds,
+                          [m.strip() for m in args.methods.split(",") if m.strip()], args.task,
+                          progress=not args.no_progress)
+        print(Path(args.out) / "fig8.png")
         return 0
     run = _run_dir(args, cfg)
     progress = not args.no_progress

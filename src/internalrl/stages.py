@@ -3,6 +3,7 @@ whose folder is finished is skipped, so re-running a killed pipeline resumes it.
 from __future__ import annotations
 
 import json
+import os
 import time
 from dataclasses import asdict
 
@@ -222,7 +223,8 @@ def _fmt(x) -> str:
     return "n/a" if x is None else f"{x:.3f}"
 
 
-def _train_and_eval_meta(cfg: Config, run: RunDir, mc, label: str, progress: bool, save_to=None) -> dict:
+def _train_and_eval_meta(cfg: Config, run: RunDir, mc, label: str, progress: bool, save_to=None,
+                         meta_seed: int = 0) -> dict:
     from safetensors.torch import save_file
 
     from .metacontroller import evaluate_metacontroller, train_metacontroller
@@ -233,7 +235,8 @@ def _train_and_eval_meta(cfg: Config, run: RunDir, mc, label: str, progress: boo
     train_idx, val_idx = data.split(cfg.data.val_fraction)
     layer = cfg.meta_layer()
     t0 = time.perf_counter()
-    meta, curve = train_metacontroller(base, data, train_idx, mc, layer, cfg.seed + 3000, device, progress, desc=label)
+    meta, curve = train_metacontroller(base, data, train_idx, mc, layer, cfg.seed + 3000 + 101 * meta_seed, device,
+                                       progress, desc=label)
     res = evaluate_metacontroller(base, meta, data, val_idx[:1000], layer, device, seed=cfg.seed)
     res["train_seconds"] = time.perf_counter() - t0
     res["curve"] = curve
@@ -246,18 +249,23 @@ def _train_and_eval_meta(cfg: Config, run: RunDir, mc, label: str, progress: boo
     return res
 
 
-def stage_metacontroller(cfg: Config, run: RunDir, progress: bool = True):
+def meta_stage_name(meta_seed: int) -> str:
+    return "metacontroller" if meta_seed == 0 else f"metacontroller_m{meta_seed}"
+
+
+def stage_metacontroller(cfg: Config, run: RunDir, progress: bool = True, meta_seed: int = 0):
     """The metacontroller at L/2 with the base model frozen, and the co-trained variant beside it."""
     from dataclasses import replace
 
-    if run.done("metacontroller"):
-        _log("metacontroller: finished earlier, skipped")
-        return run.path("metacontroller")
-    work = run.partial("metacontroller")
+    stage = meta_stage_name(meta_seed)
+    if run.done(stage):
+        _log(f"{stage}: finished earlier, skipped")
+        return run.path(stage)
+    work = run.partial(stage)
     t0 = time.perf_counter()
     results = {}
     for label, mc in (("frozen", cfg.metacontroller), ("cotrained", replace(cfg.metacontroller, cotrain=True))):
-        res = _train_and_eval_meta(cfg, run, mc, label, progress, save_to=work)
+        res = _train_and_eval_meta(cfg, run, mc, label, progress, save_to=work, meta_seed=meta_seed)
         np.savez(work / f"{label}_examples.npz", gates=res.pop("gates")[:8].numpy(),
                  subgoals=res.pop("subgoals")[:8].numpy(), mask=res.pop("mask")[:8].numpy())
         results[label] = res
@@ -270,7 +278,7 @@ def stage_metacontroller(cfg: Config, run: RunDir, progress: bool = True):
     headline = {"layer": cfg.meta_layer(), "alpha": cfg.metacontroller.alpha,
                 **{f"{k}": results["frozen"][k] for k in keys},
                 **{f"cotrained_{k}": results["cotrained"][k] for k in keys}, "seconds": time.perf_counter() - t0}
-    return run.finish("metacontroller", {"metacontroller": asdict(cfg.metacontroller), "seed": cfg.seed},
+    return run.finish(stage, {"metacontroller": asdict(cfg.metacontroller), "seed": cfg.seed, "meta_seed": meta_seed},
                       {"headline": headline, **results})
 
 
@@ -351,22 +359,23 @@ def _load_meta(path, cfg_meta, width: int, device):
     return meta.eval()
 
 
-def stage_noswitch_metacontroller(cfg: Config, run: RunDir, progress: bool = True):
+def stage_noswitch_metacontroller(cfg: Config, run: RunDir, progress: bool = True, meta_seed: int = 0):
     """A metacontroller trained with β ≡ 1 (for the no-temporal-abstraction baseline)."""
     from dataclasses import replace
 
-    if run.done("metacontroller_noswitch"):
-        return run.path("metacontroller_noswitch")
-    work = run.partial("metacontroller_noswitch")
+    stage = "metacontroller_noswitch" + (f"_m{meta_seed}" if meta_seed else "")
+    if run.done(stage):
+        return run.path(stage)
+    work = run.partial(stage)
     mc = replace(cfg.metacontroller, switch="always")
-    res = _train_and_eval_meta(cfg, run, mc, "noswitch", progress, save_to=work)
+    res = _train_and_eval_meta(cfg, run, mc, "noswitch", progress, save_to=work, meta_seed=meta_seed)
     for k in ("gates", "subgoals", "mask"):
         res.pop(k)
     headline = {k: res[k] for k in ("action_nll", "kl", "train_seconds")}
-    return run.finish("metacontroller_noswitch", {"metacontroller": asdict(mc)}, {"headline": headline, **res})
+    return run.finish(stage, {"metacontroller": asdict(mc), "meta_seed": meta_seed}, {"headline": headline, **res})
 
 
-def run_rl(cfg: Config, run: RunDir, method: str, task: str | None = None, seed_offset: int = 0,
+def run_rl(cfg: Config, run: RunDir, method: str, task: str | None = None, meta_seed: int = 0,
            progress: bool = True) -> Path:
     """One RL run of ``method`` on ``task`` (default: the post-training task)."""
     from dataclasses import replace
@@ -381,23 +390,23 @@ def run_rl(cfg: Config, run: RunDir, method: str, task: str | None = None, seed_
     tasks = parse_task_set(task_str_, spec.num_objects)
     if len(tasks) != 1:
         raise ConfigError(f"--task must be one task, got {len(tasks)}")
-    name = f"rl_{method}_{task_str_}_{cfg.rl.episodes}ep" + (f"_seed{seed_offset}" if seed_offset else "")
+    name = f"rl_{method}_{task_str_}_{cfg.rl.episodes}ep" + (f"_m{meta_seed}" if meta_seed else "")
     if run.done(name):
         _log(f"{name}: finished earlier, skipped")
         return run.path(name)
     device = resolve_device(cfg.train.device)
     layer = cfg.meta_layer()
-    seed = cfg.seed + 5000 + seed_offset
+    seed = cfg.seed + 5000 + 101 * meta_seed
     base = load_model(run.require("base_model", "train"), device=device)
     if method == "raw":
         _, curve = train_raw_rl(base, spec, tasks[0], cfg.rl, seed, device, progress, desc=name)
     else:
         if method == "no-switch":
-            folder = stage_noswitch_metacontroller(cfg, run, progress)
+            folder = stage_noswitch_metacontroller(cfg, run, progress, meta_seed)
             meta = _load_meta(folder / "noswitch.safetensors", replace(cfg.metacontroller, switch="always"),
                               base.cfg.width, device)
         else:
-            folder = run.require("metacontroller", "metacontroller")
+            folder = stage_metacontroller(cfg, run, progress, meta_seed)
             label = "frozen" if method == "internal" else "cotrained"
             meta = _load_meta(folder / f"{label}.safetensors", cfg.metacontroller, base.cfg.width, device)
             if method == "cotrained":
@@ -423,3 +432,66 @@ def stage_rl_quick(cfg: Config, run: RunDir, progress: bool = True):
     """The quick pipeline's RL: internal RL and raw-action RL, one seed, the post-training task."""
     for method in ("internal", "raw"):
         run_rl(cfg, run, method, progress=progress)
+
+
+def experiment(cfg: Config, root: Path, base_seeds: int, meta_seeds: int, methods: list[str], task: str | None,
+               progress: bool = True) -> dict:
+    """The Fig. 8 matrix: ``base_seeds`` base models (run directories ``root/base{b}``, seed b)
+    × ``meta_seeds`` metacontroller seeds × ``methods``, every run with the same PPO budget.
+    Writes ``root/experiment.json`` (curves and a table) and ``root/fig8.png``."""
+    from dataclasses import replace
+
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from .rl.train import METHODS
+
+    for m in methods:
+        if m not in METHODS:
+            raise ConfigError(f"unknown method {m!r}; choose from {', '.join(METHODS)}")
+    root = Path(root)
+    root.mkdir(parents=True, exist_ok=True)
+    curves: dict[str, list] = {m: [] for m in methods}
+    for b in range(base_seeds):
+        bcfg = replace(cfg, seed=cfg.seed + b)
+        run = RunDir(root / f"base{b}", bcfg)
+        stage_data(bcfg, run, progress)
+        stage_base_model(bcfg, run, progress)
+        for ms in range(meta_seeds if any(m != "raw" for m in methods) else 1):
+            for method in methods:
+                if method == "raw" and ms > 0:
+                    continue  # raw-action RL has no metacontroller: one run per base model
+                folder = run_rl(bcfg, run, method, task, meta_seed=ms, progress=progress)
+                m = json.loads((folder / "metrics.json").read_text())
+                curves[method].append({"base_seed": b, "meta_seed": ms, "curve": m["curve"]})
+    fig, axes = plt.subplots(1, 2, figsize=(12, 3.8))
+    table = {}
+    for method, runs in curves.items():
+        if not runs:
+            continue
+        n = min(len(r["curve"]) for r in runs)
+        x = np.array([c[0] for c in runs[0]["curve"][:n]])
+        y = np.array([[c[1] for c in r["curve"][:n]] for r in runs])  # (runs, points)
+        med, lo, hi = np.median(y, 0), np.percentile(y, 25, 0), np.percentile(y, 75, 0)
+        for ax in axes:
+            ax.plot(x, med, label=f"{method} ({len(runs)} runs)")
+            ax.fill_between(x, lo, hi, alpha=0.25)
+        final = y[:, -max(1, n // 10):].mean(1)
+        table[method] = {"runs": len(runs), "final_success_median": float(np.median(final)),
+                         "final_success_q25": float(np.percentile(final, 25)),
+                         "final_success_q75": float(np.percentile(final, 75)), "episodes": int(x[-1])}
+    axes[0].set(xlabel="episodes", ylabel="success rate", ylim=(-0.02, 1.02), title="median and 25–75% band")
+    axes[1].set(xlabel="episodes (log)", xscale="log", ylim=(-0.02, 1.02), title="log axis")
+    axes[0].legend(fontsize=8)
+    fig.savefig(root / "fig8.png", dpi=120, bbox_inches="tight")
+    plt.close(fig)
+    out = {"base_seeds": base_seeds, "meta_seeds": meta_seeds, "methods": methods, "table": table, "curves": curves}
+    tmp = root / "experiment.json.tmp"
+    tmp.write_text(json.dumps(out, indent=2, allow_nan=False))
+    os.replace(tmp, root / "experiment.json")
+    for method, row in table.items():
+        _log(f"experiment: {method}: final success median {row['final_success_median']:.3f} "
+             f"[{row['final_success_q25']:.3f}, {row['final_success_q75']:.3f}] over {row['runs']} runs")
+    return out
