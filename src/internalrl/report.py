@@ -248,7 +248,6 @@ SECTIONS = [("data", section_data), ("base_model", section_base_model), ("eval_b
 def write_report(root: str | Path) -> Path:
     root = Path(root)
     figs = root / "figures"
-    results = json.loads((root / "results.json").read_text()) if (root / "results.json").exists() else {}
     meta = json.loads((root / "run.json").read_text())
     body = [f"<h1>internalrl run: {html.escape(str(root))}</h1>",
             f"<p>internalrl {html.escape(meta.get('internalrl_version', '?'))}, seed {meta['config']['seed']}. "
@@ -266,5 +265,4 @@ def write_report(root: str | Path) -> Path:
     tmp = root / "report.html.tmp"
     tmp.write_text(page)
     os.replace(tmp, root / "report.html")
-    _ = results
     return root / "report.html"

@@ -6,11 +6,9 @@ import json
 import os
 import time
 from dataclasses import asdict
+from pathlib import Path
 
 import numpy as np
-import torch
-
-from pathlib import Path
 
 from .config import Config, ConfigError
 from .data import data_card, expert_reference, generate_grid, load_trajectories, save_trajectories

@@ -1,4 +1,3 @@
-import numpy as np
 import torch
 
 from internalrl.analysis.controllers import controlled_action_nll, freeze, rollout_with_controllers

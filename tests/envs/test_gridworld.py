@@ -5,7 +5,7 @@ from gymnasium.utils.env_checker import check_env
 
 import internalrl.envs  # noqa: F401  (registers the Gymnasium ids)
 from internalrl.envs.gridworld import DOWN, LEFT, RIGHT, UP, BatchedGridPinpad, GridSpec
-from internalrl.envs.tasks import GRID_PRETRAIN_TASKS, TaskError, parse_task, parse_task_set
+from internalrl.envs.tasks import TaskError, parse_task, parse_task_set
 
 SPEC = GridSpec()  # 7x7, 8 colours, 4 walls, horizon 100
 

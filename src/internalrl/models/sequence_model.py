@@ -133,7 +133,7 @@ class EgocentricEmbedding(nn.Module):
         super().__init__()
         self.window = EgocentricGrid(grid_size, obs_dim)
         self.linear = nn.Linear(self.window.out_dim, width)
-        g, c = self.window.g, self.window.c
+        g = self.window.g
         s, p = 2 * g - 1, 3 * g - 2
         # rel[agent, cell]: window position of grid cell `cell` seen from agent cell `agent`
         ar, ac = torch.arange(g * g) // g, torch.arange(g * g) % g
