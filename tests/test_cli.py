@@ -26,6 +26,8 @@ def test_run_writes_results_and_report_then_skips_finished_stages(tmp_path, caps
     assert 0 <= results["eval_base"]["free_play_completion"] <= 1
     assert (out / "report.html").read_text().count("<img") >= 8
     assert len(list((out / "base_model" / "snapshots").glob("*.safetensors"))) == 2
+    curve = json.loads((out / "eval_base" / "metrics.json").read_text())["free_play"]["over_training"]
+    assert sorted(curve, key=int) == ["3", "6"] and curve["6"] == results["eval_base"]["free_play_completion"]
     for stage in ("data", "base_model", "eval_base"):
         assert json.loads((out / stage / "metrics.json").read_text())
     weights = (out / "base_model" / "model.safetensors").read_bytes()

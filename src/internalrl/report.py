@@ -115,11 +115,22 @@ def section_eval_base(root: Path, figs: Path) -> str:
         ax.set_title(title, fontsize=8)
         ax.axis("off")
     counts = m["free_play"]["task_counts"]
+    curve = m["free_play"].get("over_training") or {}
+    extra = ""
+    if curve:
+        fig2, ax2 = plt.subplots(figsize=(5, 3))
+        steps = sorted(curve, key=int)
+        ax2.plot([int(k) for k in steps], [curve[k] for k in steps], "o-")
+        ax2.axhline(0.9, color="k", ls=":", label="target 0.9")
+        ax2.set(xlabel="base-model training step", ylabel="free-play completion", ylim=(-0.02, 1.02))
+        ax2.legend(fontsize=8)
+        extra = _img(_png(fig2, figs / "free_play_over_training.png"),
+                     "Free-play completion of each training snapshot (same environments and seed).")
     return "<h2>Base model as a policy</h2>" + _table(m["headline"]) + _img(
         _png(fig, figs / "free_play.png"),
         "Free-play rollouts of the base model (grey dots: path, black disc: final cell; walls dark grey).") + (
         "<p>Pretraining tasks the model chose to complete in free play: "
-        + html.escape(", ".join(f"{k}: {v}" for k, v in sorted(counts.items()))) + "</p>")
+        + html.escape(", ".join(f"{k}: {v}" for k, v in sorted(counts.items()))) + "</p>") + extra
 
 
 SUBGOAL_NAMES = "ABCDEFGHIJKL"

@@ -14,7 +14,8 @@ from .config import Config, ConfigError
 from .data import data_card, expert_reference, generate_grid, load_trajectories, save_trajectories
 from .experts.grid import task_marginal_reference
 from .envs.tasks import parse_task_set
-from .evaluate import evaluate_policy
+from .envs.gridworld import BatchedGridPinpad
+from .evaluate import evaluate_policy, rollout_base_model
 from .rundir import RunDir
 from .train import evaluate_heldout, load_model, resolve_device, train_base_model
 
@@ -108,6 +109,19 @@ def stage_eval_base(cfg: Config, run: RunDir, progress: bool = True):
     env = res["free_env"]
     np.savez(work / "free_play_examples.npz", paths=free.pop("paths"), layout=env.cell_identity[:4])
     postr.pop("paths")
+    over_training = {}  # free play of every snapshot: the curve that matters for later stages
+    base_dir = run.path("base_model")
+    for snap in sorted((base_dir / "snapshots").glob("step_*.safetensors")):
+        if int(snap.stem.split("_")[1]) == cfg.train.steps:  # the final model, measured above
+            over_training[cfg.train.steps] = free["success_rate"]
+            continue
+        m = load_model(base_dir / "snapshots", name=snap.stem, device=device)
+        r = rollout_base_model(m, BatchedGridPinpad(cfg.eval.num_envs, pre, spec, seed=cfg.seed + 1000), free_play=True,
+                               seed=cfg.seed + 1000, temperature=cfg.eval.temperature, device=device)
+        over_training[int(snap.stem.split("_")[1])] = r["success_rate"]
+    if over_training:
+        _log("eval_base: free play over training: " + ", ".join(f"step {k}: {v:.3f}" for k, v in over_training.items()))
+    free["over_training"] = over_training
     headline = {
         "free_play_completion": free["success_rate"], "posttrain_success": postr["success_rate"],
         "episodes_each": cfg.eval.num_envs, "seconds": time.perf_counter() - t0,
@@ -166,7 +180,6 @@ def stage_controllers(cfg: Config, run: RunDir, progress: bool = True):
     from safetensors.torch import save_file
 
     from .analysis.controllers import rollout_with_controllers, train_controllers
-    from .envs.gridworld import BatchedGridPinpad
 
     if run.done("controllers"):
         _log("controllers: finished earlier, skipped")
