@@ -17,7 +17,7 @@ from .envs.tasks import parse_task_set
 from .envs.gridworld import BatchedGridPinpad
 from .evaluate import evaluate_policy, rollout_base_model
 from .rundir import RunDir
-from .train import evaluate_heldout, load_model, resolve_device, train_base_model
+from .train import evaluate_heldout, load_model, resolve_device, save_weights, train_base_model
 
 
 def _log(msg: str) -> None:
@@ -160,10 +160,13 @@ def stage_probes(cfg: Config, run: RunDir, progress: bool = True):
         snaps = sorted((base / "snapshots").glob("step_*.safetensors"))
         for snap in snaps:
             step = int(snap.stem.split("_")[1])
-            m = load_model(base / "snapshots", name=snap.stem, device=device)
-            res = probe_layers(m, data, fit_idx, test_idx, k, device, steps=cfg.probe.fit_steps)
-            over_training[step] = res["accuracy_per_layer"]
-            _log(f"probes: snapshot step {step}: " + " ".join(f"{a:.2f}" for a in res["accuracy_per_layer"]))
+            if step == cfg.train.steps:  # the final model, probed above
+                over_training[step] = final["accuracy_per_layer"]
+            else:
+                m = load_model(base / "snapshots", name=snap.stem, device=device)
+                over_training[step] = probe_layers(m, data, fit_idx, test_idx, k, device,
+                                                   steps=cfg.probe.fit_steps)["accuracy_per_layer"]
+            _log(f"probes: snapshot step {step}: " + " ".join(f"{a:.2f}" for a in over_training[step]))
     acc = final["accuracy_per_layer"]
     headline = {
         "accuracy_per_layer": acc, "best_layer": int(np.argmax(acc)), "majority_class_rate": final["majority_class_rate"],
@@ -177,8 +180,6 @@ def stage_probes(cfg: Config, run: RunDir, progress: bool = True):
 def stage_controllers(cfg: Config, run: RunDir, progress: bool = True):
     """Supervised subgoal controllers at L/2 (and every layer for the sweep), evaluated on the
     post-training and pretraining tasks by following the ground-truth subgoal."""
-    from safetensors.torch import save_file
-
     from .analysis.controllers import rollout_with_controllers, train_controllers
 
     if run.done("controllers"):
@@ -213,8 +214,7 @@ def stage_controllers(cfg: Config, run: RunDir, progress: bool = True):
                "pretrain_success": evaluate(ctl, layer, pre, 1)["success_rate"],
                "final_train_nll": curve[-1][1]}
         per_layer[layer] = res
-        save_file({k: v.detach().cpu().contiguous() for k, v in ctl.state_dict().items()},
-                  str(work / f"controllers_layer{layer}.safetensors"))
+        save_weights(ctl, work / f"controllers_layer{layer}.safetensors")
         _log(f"controllers: layer {layer}: post-training task success {res['posttrain_success']:.3f}, "
              f"pretraining tasks {res['pretrain_success']:.3f}")
     headline = {
@@ -236,8 +236,6 @@ def _fmt(x) -> str:
 
 def _train_and_eval_meta(cfg: Config, run: RunDir, mc, label: str, progress: bool, save_to=None,
                          meta_seed: int = 0) -> dict:
-    from safetensors.torch import save_file
-
     from .metacontroller import evaluate_metacontroller, train_metacontroller
 
     device = resolve_device(cfg.train.device)
@@ -252,11 +250,9 @@ def _train_and_eval_meta(cfg: Config, run: RunDir, mc, label: str, progress: boo
     res["train_seconds"] = time.perf_counter() - t0
     res["curve"] = curve
     if save_to is not None:
-        save_file({k: v.detach().cpu().contiguous() for k, v in meta.state_dict().items()},
-                  str(save_to / f"{label}.safetensors"))
+        save_weights(meta, save_to / f"{label}.safetensors")
         if mc.cotrain:
-            save_file({k: v.detach().cpu().contiguous() for k, v in base.state_dict().items()},
-                      str(save_to / f"{label}_base.safetensors"))
+            save_weights(base, save_to / f"{label}_base.safetensors")
     return res
 
 

@@ -61,9 +61,14 @@ def evaluate_heldout(model: SequenceModel, data: Trajectories, idx: np.ndarray, 
     return {k: v / steps for k, v in sums.items()}
 
 
+def save_weights(module: torch.nn.Module, path: Path) -> None:
+    """A module's state dict as safetensors (CPU, contiguous)."""
+    save_file({k: v.detach().cpu().contiguous() for k, v in module.state_dict().items()}, str(path))
+
+
 def save_model(model: SequenceModel, folder: Path, name: str = "model") -> None:
     folder.mkdir(parents=True, exist_ok=True)
-    save_file({k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}, str(folder / f"{name}.safetensors"))
+    save_weights(model, folder / f"{name}.safetensors")
     (folder / "model_config.json").write_text(json.dumps(model.cfg.__dict__, indent=2))
 
 
@@ -147,8 +152,7 @@ def train_base_model(cfg: Config, data: Trajectories, work: Path, progress: bool
             save_model(model, work / "snapshots", f"step_{done:07d}")
         interrupt = stop_after is not None and done - start >= stop_after and done < tc.steps
         if (done % tc.checkpoint_every == 0 and done < tc.steps) or interrupt:
-            save_file({k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()},
-                      str(work / "checkpoint.safetensors"))
+            save_weights(model, work / "checkpoint.safetensors")
             torch.save(opt.state_dict(), work / "checkpoint_optim.pt")
             ckpt.write_text(json.dumps({"step": done, "train_seconds": train_time + time.perf_counter() - t0}))
         if interrupt:

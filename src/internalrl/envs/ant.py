@@ -69,7 +69,7 @@ from typing import Sequence
 import numpy as np
 
 from .gridworld import BatchedGridPinpad, GridSpec, PALETTE, pad_tasks
-from .tasks import Task, TaskError, advance_tasks, next_colours, subgoal_of_colour
+from .tasks import Task, TaskError, advance_tasks, next_colours, subgoals_of
 
 try:  # MuJoCo is the optional ``ant`` extra
     import mujoco
@@ -396,8 +396,7 @@ class BatchedAntPinpad:
 
     def subgoal(self) -> np.ndarray:
         """(N,) ground-truth subgoal (the next colour), -1 if unknown or done."""
-        nxt = self.next_colour()
-        return np.where(nxt >= 0, subgoal_of_colour(nxt, self.spec.colours_per_subgoal), -1)
+        return subgoals_of(self.next_colour(), self.spec.colours_per_subgoal)
 
     # ------------------------------------------------------------------- step
     def step(self, actions: np.ndarray):

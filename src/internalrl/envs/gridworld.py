@@ -19,7 +19,7 @@ from typing import Sequence
 
 import numpy as np
 
-from .tasks import Task, TaskError, advance_tasks, next_colours, subgoal_of_colour
+from .tasks import Task, TaskError, advance_tasks, next_colours, subgoals_of
 
 UP, DOWN, LEFT, RIGHT = 0, 1, 2, 3
 ACTION_NAMES = ("up", "down", "left", "right")
@@ -286,8 +286,7 @@ class BatchedGridPinpad:
 
     def subgoal(self) -> np.ndarray:
         """(N,) ground-truth subgoal (the pair holding the next colour), -1 if unknown."""
-        nxt = self.next_colour()
-        return np.where(nxt >= 0, subgoal_of_colour(nxt, self.spec.colours_per_subgoal), -1)
+        return subgoals_of(self.next_colour(), self.spec.colours_per_subgoal)
 
     # ------------------------------------------------------------------- step
     def step(self, actions: np.ndarray):

@@ -83,11 +83,6 @@ def task_str(task: Sequence[int]) -> str:
     return "-".join(str(int(c)) for c in task)
 
 
-def subgoal_of_colour(colour: int, colours_per_subgoal: int) -> int:
-    """Grid: a subgoal is a pair of colours (A=0-1, B=2-3, ...); ant: a single colour."""
-    return colour // colours_per_subgoal
-
-
 # ----------------------------------------------------- task progress over N envs
 # Each environment holds a set of admissible tasks (rows of a -1-padded ``task_table (K, L+1)``)
 # as a boolean mask ``consistent (N, K)``, and ``progress (N,)`` colours visited correctly.
@@ -98,6 +93,11 @@ def next_colours(task_table, progress, consistent, done):
     first = expected[np.arange(len(progress)), consistent.argmax(1)]
     agree = ((expected == first[:, None]) | ~consistent).all(1)
     return np.where(agree & (first >= 0) & ~done, first, -1)
+
+
+def subgoals_of(next_colour, colours_per_subgoal: int):
+    """(N,) ground-truth subgoal of each next colour; -1 stays -1."""
+    return np.where(next_colour >= 0, next_colour // colours_per_subgoal, -1)
 
 
 def advance_tasks(task_table, task_len, progress, consistent, colour, visited):
