@@ -120,7 +120,7 @@ def test_rl_command_runs_each_method_and_refuses_unknown_ones(tmp_path, capsys):
         assert (out / f"rl_{method}_0-1_4ep" / "DONE").exists()
     assert (out / "metacontroller_noswitch" / "DONE").exists()
     capsys.readouterr()
-    assert main(["rl", "--out", str(out), "--method", "compile", *TINY]) == 2
+    assert main(["rl", "--out", str(out), "--method", "nope", *TINY]) == 2
     assert "unknown method" in capsys.readouterr().err
     assert main(["rl", "--out", str(out), "--task", "0-9", *TINY]) == 2
     assert "colour" in capsys.readouterr().err
@@ -158,4 +158,4 @@ def test_experiment_matrix_writes_fig8_and_table(tmp_path):
     assert res["table"]["internal"]["runs"] == 4 and res["table"]["raw"]["runs"] == 2
     assert (out / "fig8.png").stat().st_size > 1000
     assert (out / "base1" / "metacontroller_m1" / "DONE").exists()
-    assert main([*args[:-1], "--methods", "internal,compile", "--no-progress"]) == 2
+    assert main([*args[:-1], "--methods", "internal,nope", "--no-progress"]) == 2

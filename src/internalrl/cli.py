@@ -2,7 +2,7 @@
 
     internalrl run --preset quick --out runs/quick          # the whole gridworld pipeline
     internalrl data|train|evaluate|probe|controllers|metacontroller --out DIR [--preset P] [--seed N] [--set section.field=value ...]
-    internalrl rl --out DIR --method internal|raw|no-switch|cotrained [--task 0-1-2-3] [--episodes N]
+    internalrl rl --out DIR --method internal|raw|no-switch|cotrained|compile [--task 0-1-2-3] [--episodes N]
     internalrl experiment --out DIR --base-seeds 3 --meta-seeds 2 [--methods internal,raw,...]
     internalrl sweep-alpha --out DIR [--alphas 0,0.1,...]     # after `run`: the rate-distortion figure
     internalrl report --out DIR
@@ -61,7 +61,7 @@ def main(argv: list[str] | None = None) -> int:
         _common(sub.add_parser(name, help=help_))
     p = sub.add_parser("rl", help="RL on a task with one method (needs the earlier stages)")
     _common(p)
-    p.add_argument("--method", default="internal", help="internal | raw | no-switch | cotrained (default internal)")
+    p.add_argument("--method", default="internal", help="internal | raw | no-switch | cotrained | compile (default internal)")
     p.add_argument("--task", default=None, help="task string, e.g. 0-1-2-3 (default: the post-training task)")
     p.add_argument("--episodes", type=int, default=None, help="episode budget (default: rl.episodes)")
     p = sub.add_parser("experiment", help="Fig. 8: base-model seeds x metacontroller seeds x methods")

@@ -10,6 +10,7 @@ import json
 from dataclasses import asdict, dataclass, field, fields
 from typing import Any
 
+from .baselines.compile import CompileConfig
 from .envs.gridworld import GridSpec
 from .envs.tasks import GRID_POSTTRAIN_TASK, TaskError, parse_task_set
 from .metacontroller import MetacontrollerConfig
@@ -92,6 +93,7 @@ class Config:
     probe: ProbeConfig = field(default_factory=ProbeConfig)
     controllers: ControllerConfig = field(default_factory=ControllerConfig)
     metacontroller: MetacontrollerConfig = field(default_factory=MetacontrollerConfig)
+    compile: CompileConfig = field(default_factory=CompileConfig)  # the CompILE baseline (acts at meta_layer())
     rl: RLConfig = field(default_factory=RLConfig)
 
     def control_layer(self) -> int:
@@ -150,6 +152,7 @@ class Config:
         ]
         try:
             self.metacontroller.validate(self.model.width, self.model.depth)
+            self.compile.validate(self.model.width)
             self.rl.validate()
         except ValueError as e:
             raise ConfigError(str(e)) from None
@@ -172,6 +175,7 @@ def _quick() -> Config:
     c.probe = ProbeConfig(train_episodes=1500, test_episodes=500, fit_steps=300)
     c.controllers = ControllerConfig(steps=200, batch_size=64, lr=3e-3)
     c.metacontroller = MetacontrollerConfig(steps=400, batch_size=64, lr=1e-3)
+    c.compile = CompileConfig(steps=400, batch_size=64, lr=1e-3)
     c.rl = RLConfig(episodes=20_000, batch_size=256, lr=3e-4, policy_hidden=128)
     return c
 

@@ -1,7 +1,8 @@
 """The run directory: one folder per stage, each written under a temporary name and renamed
 when whole, so a finished artifact is never replaced by a broken one and a killed run
 resumes where it stopped. ``run.json`` records the version and config that own the folder;
-a different config is refused rather than mixed in."""
+a different config is refused rather than mixed in. A config section that did not exist when
+the run was made (absent from its ``run.json``) is not compared: none of its stages used it."""
 from __future__ import annotations
 
 import json
@@ -45,7 +46,10 @@ class RunDir:
                     f"(run format {meta.get('run_format')}); this is {__version__} (format {RUN_FORMAT}). "
                     "Use a new --out folder."
                 )
-            diffs = _diff(meta.get("config"), want["config"])
+            stored, current = meta.get("config"), want["config"]
+            if isinstance(stored, dict):  # sections added to Config since this run was made: none of its stages used them
+                current = {k: v for k, v in current.items() if k in stored or not isinstance(v, dict)}
+            diffs = _diff(stored, current)
             if diffs:
                 shown = "\n  ".join(diffs[:8]) + ("\n  ..." if len(diffs) > 8 else "")
                 raise RunDirError(

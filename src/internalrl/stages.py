@@ -382,6 +382,61 @@ def stage_noswitch_metacontroller(cfg: Config, run: RunDir, progress: bool = Tru
     return run.finish(stage, {"metacontroller": asdict(mc), "meta_seed": meta_seed}, {"headline": headline, **res})
 
 
+def compile_stage_name(meta_seed: int) -> str:
+    return "compile" if meta_seed == 0 else f"compile_m{meta_seed}"
+
+
+def stage_compile(cfg: Config, run: RunDir, progress: bool = True, meta_seed: int = 0):
+    """The CompILE baseline (SPEC §7.4): segmenter + decoder at the metacontroller's layer, base
+    model frozen, with its causal termination head for internal RL."""
+    from .baselines.compile import evaluate_compile, train_compile
+
+    stage = compile_stage_name(meta_seed)
+    if run.done(stage):
+        _log(f"{stage}: finished earlier, skipped")
+        return run.path(stage)
+    work = run.partial(stage)
+    device = resolve_device(cfg.train.device)
+    data = clean_data(cfg, run)
+    base = load_model(run.require("base_model", "train"), device=device)
+    train_idx, val_idx = data.split(cfg.data.val_fraction)
+    layer = cfg.meta_layer()
+    t0 = time.perf_counter()
+    model, curve = train_compile(base, data, train_idx, cfg.compile, layer, cfg.seed + 4000 + 101 * meta_seed, device,
+                                 progress, desc=stage)
+    res = evaluate_compile(base, model, data, val_idx[:1000], layer, device, seed=cfg.seed)
+    res["train_seconds"] = time.perf_counter() - t0
+    res["curve"] = curve
+    save_weights(model, work / "compile.safetensors")
+    np.savez(work / "examples.npz", **{k: res.pop(k)[:8].numpy() for k in ("boundaries", "gates", "subgoals", "mask")})
+    seg = res["segmenter"]
+    _log(f"{stage}: segmenter boundary F1 {seg['f1']:.3f}, segments/episode {res['segments_per_episode']:.2f}; "
+         f"causal switch F1 {res['f1']:.3f} (agrees with the segmenter on {100 * res['switch_agreement']:.1f}% of steps), "
+         f"switches/episode {res['switches_per_episode']:.2f} vs subgoals {res['subgoals_per_episode']:.2f}, "
+         f"NLL {res['action_nll']:.3f}, KL z {res['kl_z']:.3f}, KL b {res['kl_b']:.3f}")
+    keys = ("f1", "precision", "recall", "switches_per_episode", "subgoals_per_episode", "switch_agreement",
+            "segments_per_episode", "action_nll", "kl_z", "kl_b", "switch_loss", "train_seconds")
+    headline = {"layer": layer, **{k: res[k] for k in keys}, "segmenter_f1": seg["f1"],
+                "seconds": time.perf_counter() - t0}
+    return run.finish(stage, {"compile": asdict(cfg.compile), "layer": layer, "seed": cfg.seed, "meta_seed": meta_seed},
+                      {"headline": headline, **res})
+
+
+def _load_compile(path, cfg_compile, base, device):
+    from safetensors.torch import load_file
+
+    from .baselines.compile import build_compile
+    from .train import CheckpointError
+
+    model = build_compile(cfg_compile, base).to(device)
+    try:
+        model.load_state_dict(load_file(str(path)))
+    except Exception as e:
+        raise CheckpointError(f"{path} is missing or corrupt ({type(e).__name__}); delete its stage folder and "
+                              "re-run it") from None
+    return model.eval()
+
+
 def run_rl(cfg: Config, run: RunDir, method: str, task: str | None = None, meta_seed: int = 0,
            progress: bool = True) -> Path:
     """One RL run of ``method`` on ``task`` (default: the post-training task)."""
@@ -390,8 +445,7 @@ def run_rl(cfg: Config, run: RunDir, method: str, task: str | None = None, meta_
     from .rl.train import METHODS, train_internal_rl, train_raw_rl
 
     if method not in METHODS:
-        raise ConfigError(f"unknown method {method!r}; choose one of {', '.join(METHODS)} "
-                          "(compile: not implemented yet)")
+        raise ConfigError(f"unknown method {method!r}; choose one of {', '.join(METHODS)}")
     spec = cfg.env.spec()
     task_str_ = task or cfg.env.posttrain_task
     tasks = parse_task_set(task_str_, spec.num_objects)
@@ -408,7 +462,10 @@ def run_rl(cfg: Config, run: RunDir, method: str, task: str | None = None, meta_
     if method == "raw":
         _, curve = train_raw_rl(base, spec, tasks[0], cfg.rl, seed, device, progress, desc=name)
     else:
-        if method == "no-switch":
+        if method == "compile":
+            folder = stage_compile(cfg, run, progress, meta_seed)
+            meta = _load_compile(folder / "compile.safetensors", cfg.compile, base, device)
+        elif method == "no-switch":
             folder = stage_noswitch_metacontroller(cfg, run, progress, meta_seed)
             meta = _load_meta(folder / "noswitch.safetensors", replace(cfg.metacontroller, switch="always"),
                               base.cfg.width, device)

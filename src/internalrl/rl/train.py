@@ -5,6 +5,8 @@
 * ``no-switch``: the same with a metacontroller trained with β ≡ 1: a code every step.
 * ``cotrained``: the same with a metacontroller co-trained with its base model.
 * ``raw``: finetune the base model itself on raw actions.
+* ``compile``: the same internal RL with a CompILE segmenter's decoder and its causal
+  termination head in place of the metacontroller (:mod:`internalrl.baselines.compile`).
 """
 from __future__ import annotations
 
@@ -25,7 +27,7 @@ from .internal import rollout_internal
 from .policy import RecurrentCodePolicy
 from .ppo import clipped_surrogate_loss, trajectory_advantages
 
-METHODS = ("internal", "no-switch", "cotrained", "raw")
+METHODS = ("internal", "no-switch", "cotrained", "raw", "compile")
 
 
 @dataclass
