@@ -22,9 +22,11 @@ def rollout_base_model(model: SequenceModel, env: BatchedGridPinpad, *, free_pla
     state = model.initial_state(env.num_envs, device)
     paths = [env.agent[:record].copy()]
     visits: list[list[int]] = [[] for _ in range(record)]
+    failed_at = np.full(env.num_envs, -1)  # progress (colours done) when a wrong colour ended it
     for _ in range(env.spec.horizon):
         action = model.act(torch.as_tensor(obs, device=device), state, gen, temperature)
         obs, _, _, _, info = env.step(action.cpu().numpy())
+        failed_at = np.where(info["failure"], env.progress, failed_at)
         paths.append(env.agent[:record].copy())
         for i in np.flatnonzero(info["visited"][:record] >= 0):
             visits[i].append(int(info["visited"][i]))
@@ -33,8 +35,18 @@ def rollout_base_model(model: SequenceModel, env: BatchedGridPinpad, *, free_pla
     success = env.succeeded
     spelled = np.where(success, env.consistent.argmax(1), -1)
     counts = np.bincount(spelled[success], minlength=len(env.tasks))
+    per = env.spec.colours_per_subgoal
+    wrong = failed_at >= 0
     return {
         "success_rate": float(success.mean()),
+        # how the other episodes ended: a wrong colour on the way to a subgoal's later colour,
+        # a wrong colour when a new subgoal starts, or the horizon
+        "failures": {
+            "wrong_colour_within_subgoal": float((wrong & (failed_at % per != 0)).mean()),
+            "wrong_colour_new_subgoal": float((wrong & (failed_at % per == 0)).mean()),
+            "timeout": float((~success & ~wrong).mean()),
+        },
+        "colours_done_mean": float(env.progress.mean()),
         "episodes": int(env.num_envs),
         "mean_length": float(env.t.mean()),
         "task_counts": {task_str(t): int(c) for t, c in zip(env.tasks, counts) if c},

@@ -12,7 +12,7 @@ import numpy as np
 
 from .config import Config, ConfigError
 from .data import data_card, expert_reference, generate_grid, load_trajectories, save_trajectories
-from .experts.grid import task_marginal_reference
+from .experts.grid import task_marginal_free_play, task_marginal_reference
 from .envs.tasks import parse_task_set
 from .envs.gridworld import BatchedGridPinpad
 from .evaluate import evaluate_policy, rollout_base_model
@@ -122,12 +122,18 @@ def stage_eval_base(cfg: Config, run: RunDir, progress: bool = True):
     if over_training:
         _log("eval_base: free play over training: " + ", ".join(f"step {k}: {v:.3f}" for k, v in over_training.items()))
     free["over_training"] = over_training
+    # the bar: the expert's policy averaged over the tasks consistent with the visits, as a policy
+    free["task_marginal_reference"] = task_marginal_free_play(
+        BatchedGridPinpad(cfg.eval.num_envs, pre, spec, seed=cfg.seed + 1000), seed=cfg.seed + 1000)
     headline = {
         "free_play_completion": free["success_rate"], "posttrain_success": postr["success_rate"],
+        "free_play_task_marginal_reference": free["task_marginal_reference"],
+        "free_play_failures": free["failures"],
         "episodes_each": cfg.eval.num_envs, "seconds": time.perf_counter() - t0,
     }
     _log(f"eval_base: free play completes a pretraining task in {100 * free['success_rate']:.1f}% of "
-         f"{cfg.eval.num_envs} episodes; post-training task success {100 * postr['success_rate']:.2f}%")
+         f"{cfg.eval.num_envs} episodes (the expert knowing only the visits: "
+         f"{100 * free['task_marginal_reference']:.1f}%); post-training task success {100 * postr['success_rate']:.2f}%")
     return run.finish("eval_base", {"eval": asdict(cfg.eval), "seed": cfg.seed},
                       {"headline": headline, "free_play": free, "posttrain": postr})
 

@@ -70,3 +70,17 @@ def test_task_marginal_reference_equals_expert_when_there_is_one_task_and_is_wor
     assert abs(marg["nll"] - ref["nll"]) < 1e-9
     arrays, _ = generate_grid(128, TASKS, spec, seed=0, chunk=128, progress=False)
     assert task_marginal_reference(arrays, TASKS, spec)["nll"] > expert_reference(arrays)["nll"] + 0.1
+
+
+def test_task_marginal_policy_solves_a_single_task_and_only_spells_admissible_tasks():
+    from internalrl.envs.gridworld import BatchedGridPinpad
+    from internalrl.experts.grid import task_marginal_free_play
+
+    spec = GridSpec()
+    one = parse_task_set("0-1-2-3", 8)
+    # with one admissible task the averaged policy is the expert: it always succeeds
+    assert task_marginal_free_play(BatchedGridPinpad(64, one, spec, seed=1), seed=0) == 1.0
+    env = BatchedGridPinpad(256, TASKS, spec, seed=2)
+    rate = task_marginal_free_play(env, seed=0)
+    assert 0.5 < rate < 1.0  # mixing over tasks sometimes walks onto a colour no task wants next
+    assert (env.consistent[env.succeeded].sum(1) >= 1).all()

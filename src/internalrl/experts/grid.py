@@ -52,6 +52,20 @@ def expert_actions(env: BatchedGridPinpad, rng: np.random.Generator, epsilon: fl
     return actions, optimal
 
 
+def task_marginal_probs(env: BatchedGridPinpad) -> np.ndarray:
+    """(N, 4) the expert's action distribution averaged over the tasks still consistent with
+    each environment's visits: what someone who knows the layout and the visited colours, but
+    not the task, would predict."""
+    n = env.num_envs
+    expected = env.task_table[:, env.progress].T  # (N, K) next colour of every task
+    probs = np.zeros((n, 4))
+    for k in range(env.task_table.shape[0]):
+        legs = env.leg_distances(np.maximum(expected[:, k], 0), env.agent)
+        best = legs == legs.min(1, keepdims=True)
+        probs += env.consistent[:, k : k + 1] * best / best.sum(1, keepdims=True)
+    return probs / np.maximum(probs.sum(1, keepdims=True), 1e-12)
+
+
 def task_marginal_reference(arrays: dict, tasks, spec) -> dict:
     """How well the expert's action can be predicted by someone who knows the layout and which
     colours were visited, but not the task: the expert's distribution averaged over the tasks
@@ -64,15 +78,23 @@ def task_marginal_reference(arrays: dict, tasks, spec) -> dict:
     correct, logp = [], []
     for t in range(int(arrays["lengths"].max())):
         live = t < arrays["lengths"]
-        expected = env.task_table[:, env.progress].T  # (N, K) next colour of every task
-        probs = np.zeros((n, 4))
-        for k in range(len(tasks)):
-            legs = env.leg_distances(np.maximum(expected[:, k], 0), env.agent)
-            best = legs == legs.min(1, keepdims=True)
-            probs += env.consistent[:, k : k + 1] * best / best.sum(1, keepdims=True)
-        probs /= probs.sum(1, keepdims=True)
+        probs = task_marginal_probs(env)
         action = arrays["actions"][:, t].astype(np.int64)
         correct.append((probs.argmax(1) == action)[live])
         logp.append(np.log(np.maximum(probs[np.arange(n), action], 1e-12))[live])
         env.step(np.where(live, action, 0))
     return {"accuracy": float(np.concatenate(correct).mean()), "nll": float(-np.concatenate(logp).mean())}
+
+
+def task_marginal_free_play(env: BatchedGridPinpad, seed: int) -> float:
+    """Free-play completion of the task-marginal policy (sampling :func:`task_marginal_probs`
+    step by step): the rate a base model that has learned exactly "layout + visited colours ->
+    expert's mixture" would reach. Resets ``env`` in free play."""
+    rng = np.random.default_rng(seed)
+    env.reset(free_play=True)
+    for _ in range(env.spec.horizon):
+        probs = task_marginal_probs(env)
+        env.step((probs.cumsum(1) > rng.random((env.num_envs, 1))).argmax(1))
+        if env.done.all():
+            break
+    return float(env.succeeded.mean())
