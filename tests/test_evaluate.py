@@ -27,6 +27,12 @@ def test_free_play_outcomes_partition_the_episodes_and_match_the_environment():
     assert 0 < f["timeout"] <= hit_horizon
     assert f["wrong_colour_within_subgoal"] + f["wrong_colour_new_subgoal"] > 0
     assert res["colours_done_mean"] == float(env.progress.mean())
+    common = res["common_failures"]
+    wrong = f["wrong_colour_within_subgoal"] + f["wrong_colour_new_subgoal"]
+    assert 0 < sum(common.values()) <= round(wrong * 256)
+    for seq in common:  # a failed sequence is no prefix of an admissible task
+        colours = tuple(int(c) for c in seq.split("-"))
+        assert not any(t[: len(colours)] == colours for t in TASKS)
 
 
 def test_rollouts_are_deterministic_by_seed():

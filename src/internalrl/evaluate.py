@@ -4,6 +4,8 @@ measure (b) free play: how often its rollouts spell *some* pretraining task clea
 (c) success on the post-training task, which it has never seen."""
 from __future__ import annotations
 
+from collections import Counter
+
 import numpy as np
 import torch
 
@@ -21,14 +23,14 @@ def rollout_base_model(model: SequenceModel, env: BatchedGridPinpad, *, free_pla
     obs = env.reset(free_play=free_play)
     state = model.initial_state(env.num_envs, device)
     paths = [env.agent[:record].copy()]
-    visits: list[list[int]] = [[] for _ in range(record)]
+    visits: list[list[int]] = [[] for _ in range(env.num_envs)]
     failed_at = np.full(env.num_envs, -1)  # progress (colours done) when a wrong colour ended it
     for _ in range(env.spec.horizon):
         action = model.act(torch.as_tensor(obs, device=device), state, gen, temperature)
         obs, _, _, _, info = env.step(action.cpu().numpy())
         failed_at = np.where(info["failure"], env.progress, failed_at)
         paths.append(env.agent[:record].copy())
-        for i in np.flatnonzero(info["visited"][:record] >= 0):
+        for i in np.flatnonzero(info["visited"] >= 0):
             visits[i].append(int(info["visited"][i]))
         if env.done.all():
             break
@@ -37,6 +39,7 @@ def rollout_base_model(model: SequenceModel, env: BatchedGridPinpad, *, free_pla
     counts = np.bincount(spelled[success], minlength=len(env.tasks))
     per = env.spec.colours_per_subgoal
     wrong = failed_at >= 0
+    spelled_fails = Counter("-".join(map(str, visits[i])) for i in np.flatnonzero(wrong))
     return {
         "success_rate": float(success.mean()),
         # how the other episodes ended: a wrong colour on the way to a subgoal's later colour,
@@ -47,11 +50,13 @@ def rollout_base_model(model: SequenceModel, env: BatchedGridPinpad, *, free_pla
             "timeout": float((~success & ~wrong).mean()),
         },
         "colours_done_mean": float(env.progress.mean()),
+        # the colours visited by the episodes a wrong colour ended, most common first (last one: the wrong one)
+        "common_failures": dict(spelled_fails.most_common(8)),
         "episodes": int(env.num_envs),
         "mean_length": float(env.t.mean()),
         "task_counts": {task_str(t): int(c) for t, c in zip(env.tasks, counts) if c},
         "paths": np.stack(paths, 1),  # (record, steps+1) agent cells
-        "examples": [{"visited": "-".join(map(str, v)), "success": bool(success[i])} for i, v in enumerate(visits)],
+        "examples": [{"visited": "-".join(map(str, v)), "success": bool(success[i])} for i, v in enumerate(visits[:record])],
     }
 
 

@@ -122,6 +122,9 @@ def section_eval_base(root: Path, figs: Path) -> str:
         steps = sorted(curve, key=int)
         ax2.plot([int(k) for k in steps], [curve[k] for k in steps], "o-")
         ax2.axhline(0.9, color="k", ls=":", label="target 0.9")
+        if "task_marginal_reference" in m["free_play"]:
+            ax2.axhline(m["free_play"]["task_marginal_reference"], color="grey", ls="--",
+                        label="expert knowing only the visits")
         ax2.set(xlabel="base-model training step", ylabel="free-play completion", ylim=(-0.02, 1.02))
         ax2.legend(fontsize=8)
         extra = _img(_png(fig2, figs / "free_play_over_training.png"),
@@ -130,7 +133,19 @@ def section_eval_base(root: Path, figs: Path) -> str:
         _png(fig, figs / "free_play.png"),
         "Free-play rollouts of the base model (grey dots: path, black disc: final cell; walls dark grey).") + (
         "<p>Pretraining tasks the model chose to complete in free play: "
-        + html.escape(", ".join(f"{k}: {v}" for k, v in sorted(counts.items()))) + "</p>") + extra
+        + html.escape(", ".join(f"{k}: {v}" for k, v in sorted(counts.items()))) + "</p>") + _failures(m["free_play"]) + extra
+
+
+def _failures(free: dict) -> str:
+    if "failures" not in free:
+        return ""
+    f = free["failures"]
+    common = ", ".join(f"{k} ({v})" for k, v in free.get("common_failures", {}).items())
+    return (f"<p>How the other free-play episodes ended: a wrong colour on the way to a subgoal's second colour "
+            f"{100 * f['wrong_colour_within_subgoal']:.1f}%, a wrong colour when starting a new subgoal "
+            f"{100 * f['wrong_colour_new_subgoal']:.1f}%, the horizon {100 * f['timeout']:.1f}%. "
+            f"Most common colour sequences of the failed episodes (the last colour is the wrong one): "
+            f"{html.escape(common)}.</p>")
 
 
 SUBGOAL_NAMES = "ABCDEFGHIJKL"

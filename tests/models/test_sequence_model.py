@@ -1,3 +1,5 @@
+from dataclasses import replace
+
 import numpy as np
 import pytest
 import torch
@@ -9,10 +11,10 @@ from internalrl.train import CheckpointError, load_model, save_model
 CFG = ModelConfig(obs_dim=37, action_dim=4, width=32, depth=4, heads=2, head_dim=16, mlp=64, max_len=64)
 
 
-@pytest.fixture
-def model():
+@pytest.fixture(params=["relu", "swiglu"])
+def model(request):
     torch.manual_seed(0)
-    m = SequenceModel(CFG)
+    m = SequenceModel(replace(CFG, mlp_type=request.param))
     with torch.no_grad():  # move the zero-initialised biases off zero so they matter
         for blk in m.blocks:
             blk.rel_bias.weight.normal_()
@@ -113,6 +115,8 @@ def test_gaussian_heads_give_finite_log_probs():
 def test_bad_model_config_names_the_field():
     with pytest.raises(ValueError, match="model.action_type"):
         SequenceModel(ModelConfig(action_type="beta"))
+    with pytest.raises(ValueError, match="model.mlp_type"):
+        SequenceModel(ModelConfig(mlp_type="gelu"))
 
 
 def test_egocentric_window_puts_neighbours_at_fixed_offsets():

@@ -36,6 +36,7 @@ class ModelConfig:
     heads: int = 4
     head_dim: int = 64
     mlp: int = 512
+    mlp_type: str = "relu"  # "relu" (paper) or "swiglu" (gated)
     rel_buckets: int = 32
     rel_max_distance: int = 128
     init_scale: float = 0.1  # variance scale of the fan-in initialisation
@@ -55,6 +56,8 @@ class ModelConfig:
             raise ValueError("model.rel_max_distance must exceed model.rel_buckets / 2")
         if self.init_scale <= 0:
             raise ValueError("model.init_scale must be positive")
+        if self.mlp_type not in ("relu", "swiglu"):
+            raise ValueError(f"model.mlp_type must be 'relu' or 'swiglu', got {self.mlp_type!r}")
         if self.obs_encoder not in ("linear", "egocentric"):
             raise ValueError(f"model.obs_encoder must be 'linear' or 'egocentric', got {self.obs_encoder!r}")
         if self.obs_encoder == "egocentric" and (self.grid_size < 2 or self.obs_dim % self.grid_size ** 2):
@@ -171,7 +174,8 @@ class SequenceModel(nn.Module):
         else:
             self.embed = nn.Linear(cfg.obs_dim, cfg.width)
         self.blocks = nn.ModuleList(
-            TransformerBlock(cfg.width, cfg.heads, cfg.head_dim, cfg.mlp, cfg.rel_buckets, cfg.rel_max_distance)
+            TransformerBlock(cfg.width, cfg.heads, cfg.head_dim, cfg.mlp, cfg.rel_buckets, cfg.rel_max_distance,
+                             cfg.mlp_type)
             for _ in range(cfg.depth)
         )
         self.final_norm = nn.LayerNorm(cfg.width)

@@ -41,8 +41,23 @@ class KVCache:
         return self.k[:, :, : self.length], self.v[:, :, : self.length]
 
 
+class GatedMLP(nn.Module):
+    """``W_out (silu(W_gate x) * W_up x)`` (SwiGLU): a product of two projections, so one
+    layer can express "feature a AND feature b" conjunctions a ReLU MLP needs many units for."""
+
+    def __init__(self, width: int, hidden: int) -> None:
+        super().__init__()
+        self.up = nn.Linear(width, 2 * hidden)
+        self.down = nn.Linear(hidden, width)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        gate, up = self.up(x).chunk(2, dim=-1)
+        return self.down(F.silu(gate) * up)
+
+
 class TransformerBlock(nn.Module):
-    def __init__(self, width: int, heads: int, head_dim: int, mlp: int, buckets: int, max_distance: int) -> None:
+    def __init__(self, width: int, heads: int, head_dim: int, mlp: int, buckets: int, max_distance: int,
+                 mlp_type: str = "relu") -> None:
         super().__init__()
         self.heads, self.head_dim = heads, head_dim
         self.buckets, self.max_distance = buckets, max_distance
@@ -51,7 +66,12 @@ class TransformerBlock(nn.Module):
         self.out = nn.Linear(heads * head_dim, width)
         self.rel_bias = nn.Embedding(buckets, heads)
         self.norm_mlp = nn.LayerNorm(width)
-        self.mlp = nn.Sequential(nn.Linear(width, mlp), nn.ReLU(), nn.Linear(mlp, width))
+        if mlp_type == "relu":
+            self.mlp = nn.Sequential(nn.Linear(width, mlp), nn.ReLU(), nn.Linear(mlp, width))
+        elif mlp_type == "swiglu":
+            self.mlp = GatedMLP(width, mlp)
+        else:
+            raise ValueError(f"mlp_type must be 'relu' or 'swiglu', got {mlp_type!r}")
 
     def new_cache(self, batch: int, max_len: int, device, dtype) -> KVCache:
         return KVCache(batch, self.heads, self.head_dim, max_len, device, dtype)
