@@ -69,7 +69,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--out", required=True, help="experiment folder (one run directory per base seed inside)")
     p.add_argument("--base-seeds", type=int, default=3)
     p.add_argument("--meta-seeds", type=int, default=2)
-    p.add_argument("--methods", default="internal,raw,no-switch,cotrained")
+    p.add_argument("--methods", default="internal,raw,no-switch,cotrained,compile")
     p.add_argument("--task", default=None, help="default: the post-training task")
     p.add_argument("--no-progress", action="store_true")
     p = sub.add_parser("sweep-alpha", help="metacontroller α sweep: the rate–distortion figure")

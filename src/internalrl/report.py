@@ -78,6 +78,8 @@ def section_base_model(root: Path, figs: Path) -> str:
     ax[0].plot([r["step"] for r in va], [r["val_action_nll"] for r in va], "o-", label="held out")
     ax[0].axhline(head["expert_action_nll"], color="k", ls="--", label="expert (knows the task)")
     ax[0].axhline(head["task_marginal_expert_nll"], color="grey", ls=":", label="expert knowing only visits")
+    if "bayes_optimal_nll" in head:
+        ax[0].axhline(head["bayes_optimal_nll"], color="grey", ls="--", label="Bayes-optimal given o_1:t")
     ax[0].set(xlabel="step", ylabel="next-action NLL", yscale="log")
     ax[0].legend()
     if tr and "action_accuracy" in tr[0]:
@@ -85,6 +87,8 @@ def section_base_model(root: Path, figs: Path) -> str:
         ax[1].plot([r["step"] for r in va], [r["val_action_accuracy"] for r in va], "o-", label="held out")
         ax[1].axhline(head["expert_action_accuracy"], color="k", ls="--", label="expert (knows the task)")
         ax[1].axhline(head["task_marginal_expert_accuracy"], color="grey", ls=":", label="expert knowing only visits")
+        if "bayes_optimal_accuracy" in head:
+            ax[1].axhline(head["bayes_optimal_accuracy"], color="grey", ls="--", label="Bayes-optimal given o_1:t")
         ax[1].set(xlabel="step", ylabel="next-action accuracy")
         ax[1].legend()
     return "<h2>Base model</h2>" + _table(head) + _img(

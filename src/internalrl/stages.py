@@ -81,12 +81,15 @@ def stage_base_model(cfg: Config, run: RunDir, progress: bool = True):
         "heldout_action_accuracy": heldout["action_accuracy"], "heldout_action_nll": heldout["action_nll"],
         "heldout_obs_nll": heldout["obs_nll"], "expert_action_accuracy": ref["accuracy"],
         "expert_action_nll": ref["nll"], "task_marginal_expert_accuracy": marginal["accuracy"],
-        "task_marginal_expert_nll": marginal["nll"], "train_seconds": info["train_seconds"],
+        "task_marginal_expert_nll": marginal["nll"],
+        "bayes_optimal_accuracy": marginal["posterior_accuracy"], "bayes_optimal_nll": marginal["posterior_nll"],
+        "train_seconds": info["train_seconds"],
         "parameters": sum(p.numel() for p in model.parameters()),
     }
     _log(f"base_model: held-out next-action accuracy {heldout['action_accuracy']:.3f} (expert knowing the task "
-         f"{ref['accuracy']:.3f}, knowing only the colours visited {marginal['accuracy']:.3f}), NLL "
-         f"{heldout['action_nll']:.3f} (expert {ref['nll']:.3f}, {marginal['nll']:.3f})")
+         f"{ref['accuracy']:.3f}, knowing only the colours visited {marginal['accuracy']:.3f}, Bayes-optimal "
+         f"{marginal['posterior_accuracy']:.3f}), NLL {heldout['action_nll']:.3f} (expert {ref['nll']:.3f}, "
+         f"{marginal['nll']:.3f}, Bayes-optimal {marginal['posterior_nll']:.3f})")
     return run.finish("base_model", {"model": asdict(cfg.model), "train": asdict(cfg.train), "seed": cfg.seed},
                       {"headline": headline})
 

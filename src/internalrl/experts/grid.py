@@ -52,38 +52,61 @@ def expert_actions(env: BatchedGridPinpad, rng: np.random.Generator, epsilon: fl
     return actions, optimal
 
 
+def per_task_expert_probs(env: BatchedGridPinpad) -> np.ndarray:
+    """(N, K, 4) the expert's action distribution if the task were task k, given the colours
+    visited so far (rows of tasks inconsistent with the visits are meaningless; weight them 0)."""
+    expected = env.task_table[:, env.progress].T  # (N, K) next colour of every task
+    probs = np.zeros((env.num_envs, env.task_table.shape[0], 4))
+    for k in range(env.task_table.shape[0]):
+        legs = env.leg_distances(np.maximum(expected[:, k], 0), env.agent)
+        best = legs == legs.min(1, keepdims=True)
+        probs[:, k] = best / best.sum(1, keepdims=True)
+    return probs
+
+
+def _mixture(per_task: np.ndarray, weights: np.ndarray) -> np.ndarray:
+    probs = (weights[..., None] * per_task).sum(1)
+    return probs / np.maximum(probs.sum(1, keepdims=True), 1e-12)
+
+
 def task_marginal_probs(env: BatchedGridPinpad) -> np.ndarray:
     """(N, 4) the expert's action distribution averaged over the tasks still consistent with
     each environment's visits: what someone who knows the layout and the visited colours, but
     not the task, would predict."""
-    n = env.num_envs
-    expected = env.task_table[:, env.progress].T  # (N, K) next colour of every task
-    probs = np.zeros((n, 4))
-    for k in range(env.task_table.shape[0]):
-        legs = env.leg_distances(np.maximum(expected[:, k], 0), env.agent)
-        best = legs == legs.min(1, keepdims=True)
-        probs += env.consistent[:, k : k + 1] * best / best.sum(1, keepdims=True)
-    return probs / np.maximum(probs.sum(1, keepdims=True), 1e-12)
+    return _mixture(per_task_expert_probs(env), env.consistent.astype(float))
 
 
 def task_marginal_reference(arrays: dict, tasks, spec) -> dict:
-    """How well the expert's action can be predicted by someone who knows the layout and which
-    colours were visited, but not the task: the expert's distribution averaged over the tasks
-    still consistent with the visits. A fair bar for the base model, which must infer the task
-    (it also sees the path, so it can do a little better than this)."""
+    """Two bars for a model that must infer the task, scored on expert data ``arrays``:
+
+    * ``accuracy``/``nll``: the expert's distribution averaged over the tasks consistent with the
+      colours visited (it knows the layout and the visits, but ignores the path);
+    * ``posterior_accuracy``/``posterior_nll``: the Bayes-optimal predictor given everything the
+      model sees, o_{1:t}: the expert's distribution averaged over tasks weighted by the
+      posterior ∝ Π_s p_task(a_s) of the path so far (tasks drawn uniformly). No model can do
+      better in expectation; its rollouts are expert episodes, so its free play is 1."""
     n = len(arrays["lengths"])
     env = BatchedGridPinpad(n, tasks, spec, seed=0, require_solvable=False)
     env.reset(free_play=True)
     env.load_layout(arrays["layout"].astype(np.int64), arrays["agent"][:, 0].astype(np.int64))
-    correct, logp = [], []
+    posterior = np.ones((n, len(tasks)))
+    scores: dict[str, list] = {"correct": [], "logp": [], "post_correct": [], "post_logp": []}
+    rows = np.arange(n)
     for t in range(int(arrays["lengths"].max())):
         live = t < arrays["lengths"]
-        probs = task_marginal_probs(env)
         action = arrays["actions"][:, t].astype(np.int64)
-        correct.append((probs.argmax(1) == action)[live])
-        logp.append(np.log(np.maximum(probs[np.arange(n), action], 1e-12))[live])
+        per_task = per_task_expert_probs(env)
+        for name, probs in (("", _mixture(per_task, env.consistent.astype(float))),
+                            ("post_", _mixture(per_task, posterior * env.consistent))):
+            scores[name + "correct"].append((probs.argmax(1) == action)[live])
+            scores[name + "logp"].append(np.log(np.maximum(probs[rows, action], 1e-12))[live])
+        taken = per_task[rows, :, action]  # (N, K) likelihood of the action under each task
+        posterior = np.where(live[:, None], posterior * taken, posterior)
+        posterior /= np.maximum(posterior.sum(1, keepdims=True), 1e-300)
         env.step(np.where(live, action, 0))
-    return {"accuracy": float(np.concatenate(correct).mean()), "nll": float(-np.concatenate(logp).mean())}
+    mean = {k: float(np.concatenate(v).mean()) for k, v in scores.items()}
+    return {"accuracy": mean["correct"], "nll": -mean["logp"],
+            "posterior_accuracy": mean["post_correct"], "posterior_nll": -mean["post_logp"]}
 
 
 def task_marginal_free_play(env: BatchedGridPinpad, seed: int) -> float:
