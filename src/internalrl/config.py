@@ -50,6 +50,7 @@ class TrainConfig:
     weight_decay: float = 0.03
     obs_loss_weight: float = 0.01  # λ in −ln p(a|o) − λ ln p(o'|o)
     warmup_steps: int = 1000
+    final_lr_fraction: float = 0.1  # cosine decay ends at this fraction of lr (1.0: constant)
     grad_clip: float = 1.0
     eval_every: int = 2000
     checkpoint_every: int = 1000
@@ -134,6 +135,7 @@ class Config:
             ("train.weight_decay", self.train.weight_decay >= 0, "non-negative"),
             ("train.obs_loss_weight", self.train.obs_loss_weight >= 0, "non-negative"),
             ("train.warmup_steps", self.train.warmup_steps >= 0, "non-negative"),
+            ("train.final_lr_fraction", 0.0 <= self.train.final_lr_fraction <= 1.0, "in [0, 1]"),
             ("train.grad_clip", self.train.grad_clip > 0, "positive"),
             ("train.eval_every", self.train.eval_every >= 1, "at least 1"),
             ("train.checkpoint_every", self.train.checkpoint_every >= 1, "at least 1"),
@@ -170,11 +172,11 @@ def _quick() -> Config:
     # from several times faster than the flat map; a narrow model with a gated (SwiGLU) MLP and
     # small batches gets furthest per CPU-second (see README, "What the quick base model needs")
     c.model = ModelConfig(width=64, depth=4, heads=4, head_dim=16, mlp=128, mlp_type="swiglu", obs_encoder="egocentric")
-    c.train = TrainConfig(steps=10_000, batch_size=64, lr=4e-3, warmup_steps=200, eval_every=2500,
-                          checkpoint_every=1000, snapshots=4)
+    c.train = TrainConfig(steps=10_000, batch_size=64, lr=4e-3, warmup_steps=200, final_lr_fraction=0.5,
+                          eval_every=2500, checkpoint_every=1000, snapshots=4)
     c.eval.num_envs = 1024
     c.probe = ProbeConfig(train_episodes=1500, test_episodes=500, fit_steps=300)
-    c.controllers = ControllerConfig(steps=200, batch_size=64, lr=3e-3)
+    c.controllers = ControllerConfig(steps=1000, batch_size=64, lr=3e-3)
     c.metacontroller = MetacontrollerConfig(steps=400, batch_size=64, lr=1e-3)
     c.compile = CompileConfig(steps=400, batch_size=64, lr=1e-3)
     c.rl = RLConfig(episodes=20_000, batch_size=256, lr=3e-4, policy_hidden=128)
@@ -186,6 +188,7 @@ def _long() -> Config:
     c = _quick()
     c.data.num_episodes = 300_000
     c.train.steps = 30_000
+    c.train.final_lr_fraction = 0.1
     c.train.eval_every = 5000
     c.train.snapshots = 8
     return c

@@ -90,11 +90,12 @@ def load_model(folder: str | Path, name: str = "model", device="cpu") -> Sequenc
 
 
 def lr_at(step: int, cfg) -> float:
-    """Linear warm-up, then cosine decay to 10% [choice]."""
+    """Linear warm-up, then cosine decay to ``final_lr_fraction`` of the peak [choice]."""
     if step < cfg.warmup_steps:
         return cfg.lr * (step + 1) / cfg.warmup_steps
     frac = (step - cfg.warmup_steps) / max(1, cfg.steps - cfg.warmup_steps)
-    return cfg.lr * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * min(1.0, frac))))
+    floor = cfg.final_lr_fraction
+    return cfg.lr * (floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * min(1.0, frac))))
 
 
 def train_base_model(cfg: Config, data: Trajectories, work: Path, progress: bool = True,
