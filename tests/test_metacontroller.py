@@ -117,3 +117,13 @@ def test_no_gradient_reaches_the_frozen_base():
 def test_bad_config_names_the_field():
     with pytest.raises(ValueError, match="metacontroller.switch"):
         MetacontrollerConfig(switch="hard").validate(W, 2)
+
+
+def test_kl_warmup_ramps_alpha_linearly_and_is_off_by_default():
+    from internalrl.metacontroller import MetacontrollerConfig, kl_weight
+
+    assert kl_weight(MetacontrollerConfig(alpha=0.3), 0) == 0.3
+    cfg = MetacontrollerConfig(alpha=0.2, kl_warmup_steps=100)
+    assert kl_weight(cfg, 0) == 0.0
+    assert abs(kl_weight(cfg, 50) - 0.1) < 1e-12
+    assert kl_weight(cfg, 100) == kl_weight(cfg, 5000) == 0.2

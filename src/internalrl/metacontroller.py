@@ -38,6 +38,7 @@ class MetacontrollerConfig:
     switch: str = "sigmoid"  # sigmoid | gumbel | always (β ≡ 1: no temporal abstraction)
     gumbel_temperature: float = 0.5
     alpha: float = 0.17  # KL weight
+    kl_warmup_steps: int = 0  # [choice] ramp the KL weight linearly from 0 to alpha over these steps (0: off)
     steps: int = 64_000
     batch_size: int = 512
     lr: float = 1e-3
@@ -54,6 +55,7 @@ class MetacontrollerConfig:
             ("metacontroller.rank", 0 <= self.rank <= width, f"in 0..{width} (0: full)"),
             ("metacontroller.switch", self.switch in ("sigmoid", "gumbel", "always"), "sigmoid, gumbel or always"),
             ("metacontroller.alpha", self.alpha >= 0, "non-negative"),
+            ("metacontroller.kl_warmup_steps", self.kl_warmup_steps >= 0, "non-negative"),
             ("metacontroller.steps", self.steps >= 1, "at least 1"),
             ("metacontroller.batch_size", self.batch_size >= 1, "at least 1"),
             ("metacontroller.lr", self.lr > 0, "positive"),
@@ -170,6 +172,14 @@ def metacontroller_loss(base, meta: Metacontroller, layer: int, batch, alpha: fl
     return {"loss": nll + alpha * kl, "action_nll": nll, "kl": kl, "out": out}
 
 
+def kl_weight(cfg: MetacontrollerConfig, step: int) -> float:
+    """α at training step ``step``: ramped up linearly over ``kl_warmup_steps``, so the decoder
+    can learn to use the code before the KL pulls the code to the prior."""
+    if cfg.kl_warmup_steps <= 0:
+        return cfg.alpha
+    return cfg.alpha * min(1.0, step / cfg.kl_warmup_steps)
+
+
 def train_metacontroller(base, data, train_idx, cfg: MetacontrollerConfig, layer: int, seed: int, device,
                          progress: bool = True, desc: str = "metacontroller"):
     """Train on expert data with the base model frozen (or jointly, with ``cfg.cotrain``).
@@ -194,7 +204,7 @@ def train_metacontroller(base, data, train_idx, cfg: MetacontrollerConfig, layer
     curve = []
     for step in tqdm(range(cfg.steps), desc=desc, disable=not progress, leave=False):
         batch = make_batch(data, batch_indices(train_idx, cfg.batch_size, seed, step, lengths)).to(device)
-        res = metacontroller_loss(base, meta, layer, batch, cfg.alpha, gen)
+        res = metacontroller_loss(base, meta, layer, batch, kl_weight(cfg, step), gen)
         opt.zero_grad(set_to_none=True)
         res["loss"].backward()
         torch.nn.utils.clip_grad_norm_(meta.parameters(), 1.0)
