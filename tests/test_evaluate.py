@@ -39,3 +39,16 @@ def test_rollouts_are_deterministic_by_seed():
     a = rollout_base_model(_model(), BatchedGridPinpad(64, TASKS, SPEC, seed=3), free_play=True, seed=7, record=2)
     b = rollout_base_model(_model(), BatchedGridPinpad(64, TASKS, SPEC, seed=3), free_play=True, seed=7, record=2)
     assert a["success_rate"] == b["success_rate"] and np.array_equal(a["paths"], b["paths"])
+
+
+def test_internal_rollout_benchmark_counts_raw_steps_and_decisions():
+    from internalrl.bench import bench_internal
+    from internalrl.config import load_config
+
+    cfg = load_config("quick", ["model.width=16", "model.heads=2", "model.head_dim=8", "model.mlp=16",
+                                "metacontroller.rank=4", "rl.policy_hidden=8"])
+    res = bench_internal(cfg, 32)
+    assert res["num_envs"] == 32
+    assert 32 <= res["raw_env_steps"] <= 32 * cfg.env.horizon  # every episode takes at least one step
+    assert res["decisions_per_episode"] >= 1.0  # the first step always takes a code
+    assert res["raw_env_steps_per_s"] > 0

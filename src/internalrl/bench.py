@@ -3,7 +3,9 @@
 * batched environment steps/s with the DP expert acting;
 * pretraining tokens/s of the base model;
 * base-model acting steps/s on N environments with the step cache (and, for contrast, the
-  same number of steps recomputing the whole prefix each step).
+  same number of steps recomputing the whole prefix each step);
+* raw environment steps/s of an internal-RL rollout (base model, metacontroller and code
+  policy in the loop) on the post-training task.
 """
 from __future__ import annotations
 
@@ -102,6 +104,29 @@ def bench_acting(cfg: Config, num_envs: int, uncached_steps: int = 10) -> dict:
             f"uncached_env_steps_per_s_first_{uncached_steps}_steps": uncached_first}
 
 
+def bench_internal(cfg: Config, num_envs: int) -> dict:
+    """Raw environment steps/s of an internal-RL rollout: base model (cached), metacontroller
+    switch and decoder, and the code policy all in the loop, on the post-training task."""
+    from .metacontroller import Metacontroller
+    from .rl.internal import rollout_internal
+    from .rl.policy import RecurrentCodePolicy
+
+    device = resolve_device(cfg.train.device)
+    spec = cfg.env.spec()
+    torch.manual_seed(0)
+    base = SequenceModel(cfg.model).to(device).eval()
+    meta = Metacontroller(cfg.metacontroller, cfg.model.width).to(device).eval()
+    policy = RecurrentCodePolicy(cfg.model.width, cfg.metacontroller.code_dim, cfg.rl.policy_hidden).to(device)
+    env = BatchedGridPinpad(num_envs, parse_task_set(cfg.env.posttrain_task, spec.num_objects), spec, seed=0)
+    _sync(device)
+    t0 = time.perf_counter()
+    roll = rollout_internal(base, meta, policy, env, cfg.meta_layer(), 0, device, threshold=cfg.rl.threshold)
+    _sync(device)
+    steps = int(roll.lengths.sum())
+    return {"num_envs": num_envs, "raw_env_steps": steps, "raw_env_steps_per_s": steps / (time.perf_counter() - t0),
+            "decisions_per_episode": float(roll.decisions.sum()) / num_envs}
+
+
 def run_benchmarks(cfg: Config, num_envs: int = 1024) -> dict:
     device = resolve_device(cfg.train.device)
     out = {"device": str(device), "torch_threads": torch.get_num_threads()}
@@ -110,4 +135,5 @@ def run_benchmarks(cfg: Config, num_envs: int = 1024) -> dict:
     out["env_expert"] = [bench_env_with_resets(cfg, n) for n in (1, 64, num_envs, 4 * num_envs)]
     out["pretraining"] = bench_train(cfg)
     out["acting"] = bench_acting(cfg, num_envs)
+    out["internal_rl_rollout"] = bench_internal(cfg, num_envs)
     return out
