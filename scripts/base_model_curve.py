@@ -25,7 +25,7 @@ from internalrl.envs.gridworld import BatchedGridPinpad
 from internalrl.envs.tasks import parse_task_set
 from internalrl.evaluate import rollout_base_model
 from internalrl.models.sequence_model import SequenceModel
-from internalrl.train import evaluate_heldout, lr_at, sequence_losses
+from internalrl.train import evaluate_heldout, lr_at, train_step
 
 
 def main() -> None:
@@ -60,13 +60,7 @@ def main() -> None:
             t0 = time.perf_counter()
             for g in opt.param_groups:
                 g["lr"] = lr_at(step, tc)
-            batch = make_batch(data, batch_indices(train_idx, tc.batch_size, cfg.seed, step, lengths))
-            losses = sequence_losses(model, batch)
-            loss = losses["action_nll"] + tc.obs_loss_weight * losses["obs_nll"]
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(model.parameters(), tc.grad_clip)
-            opt.step()
+            train_step(model, opt, make_batch(data, batch_indices(train_idx, tc.batch_size, cfg.seed, step, lengths)), tc)
             seconds += time.perf_counter() - t0
             if (step + 1) % args.every and step + 1 != tc.steps:
                 continue

@@ -80,7 +80,26 @@ class MetaOutput:
     kl: torch.Tensor  # (B, T) KL(N(μ, σ²) ‖ N(0, I))
 
 
-class Metacontroller(nn.Module):
+class HyperDecoder:
+    """The decoder hypernetwork's read-out, shared by every model that turns a code z into a
+    controller U (the metacontroller, CompILE). Needs ``self.decoder``, ``self.width`` and
+    ``self.cfg.rank``."""
+
+    def decode(self, code: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """U = f_hyp(z): (…, W, r) factors A, B, or the full (…, W, W) matrix and None."""
+        flat = self.decoder(code)
+        w, r = self.width, self.cfg.rank
+        if r == 0:
+            return flat.view(*code.shape[:-1], w, w), None
+        a, b = flat.split(w * r, -1)
+        return a.view(*code.shape[:-1], w, r), b.view(*code.shape[:-1], w, r)
+
+    def control(self, residual: torch.Tensor, code: torch.Tensor) -> torch.Tensor:
+        a, b = self.decode(code)
+        return apply_controller(residual, a, b)
+
+
+class Metacontroller(HyperDecoder, nn.Module):
     def __init__(self, cfg: MetacontrollerConfig, width: int) -> None:
         super().__init__()
         self.cfg, self.width = cfg, width
@@ -107,18 +126,6 @@ class Metacontroller(nn.Module):
         pooled = (out * m).sum(1) / m.sum(1).clamp(min=1)
         return self.sequence_out(pooled)
 
-    def decode(self, code: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """U = f_hyp(z): (…, W, r) factors A, B, or the full (…, W, W) matrix and None."""
-        flat = self.decoder(code)
-        w, r = self.width, self.cfg.rank
-        if r == 0:
-            return flat.view(*code.shape[:-1], w, w), None
-        a, b = flat.split(w * r, -1)
-        return a.view(*code.shape[:-1], w, r), b.view(*code.shape[:-1], w, r)
-
-    def control(self, residual: torch.Tensor, code: torch.Tensor) -> torch.Tensor:
-        a, b = self.decode(code)
-        return apply_controller(residual, a, b)
 
     def gate(self, residual_t: torch.Tensor, h_prev: torch.Tensor, z_prev: torch.Tensor, first: bool,
              generator: torch.Generator | None = None) -> torch.Tensor:

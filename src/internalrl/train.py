@@ -89,6 +89,17 @@ def load_model(folder: str | Path, name: str = "model", device="cpu") -> Sequenc
     return model.to(device).eval()
 
 
+def train_step(model: SequenceModel, opt: torch.optim.Optimizer, batch: Batch, tc) -> dict[str, torch.Tensor]:
+    """One AdamW step on −ln p(a|o) − λ ln p(o'|o), gradients clipped; returns the losses."""
+    losses = sequence_losses(model, batch)
+    loss = losses["action_nll"] + tc.obs_loss_weight * losses["obs_nll"]
+    opt.zero_grad(set_to_none=True)
+    loss.backward()
+    torch.nn.utils.clip_grad_norm_(model.parameters(), tc.grad_clip)
+    opt.step()
+    return losses
+
+
 def lr_at(step: int, cfg) -> float:
     """Linear warm-up, then cosine decay to ``final_lr_fraction`` of the peak [choice]."""
     if step < cfg.warmup_steps:
@@ -130,12 +141,7 @@ def train_base_model(cfg: Config, data: Trajectories, work: Path, progress: bool
         for g in opt.param_groups:
             g["lr"] = lr_at(step, tc)
         batch = make_batch(data, batch_indices(train_idx, tc.batch_size, cfg.seed, step, lengths)).to(device)
-        losses = sequence_losses(model, batch)
-        loss = losses["action_nll"] + tc.obs_loss_weight * losses["obs_nll"]
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), tc.grad_clip)
-        opt.step()
+        losses = train_step(model, opt, batch, tc)
         tokens += int(batch.mask.sum())
         done = step + 1
         if done % 50 == 0 or done == tc.steps:

@@ -64,8 +64,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from ..controller import apply_controller
-from ..metacontroller import mlp
+from ..metacontroller import HyperDecoder, mlp
 
 NEG = -1e9  # logit of a position a boundary may not take (finite: keeps 0 · log 0 terms at 0)
 
@@ -154,7 +153,7 @@ def length_log_prior(start: torch.Tensor, length: torch.Tensor, size: int, rate:
     return torch.where(p == length[:, None], tail[:, None], out)
 
 
-class CompILE(nn.Module):
+class CompILE(HyperDecoder, nn.Module):
     def __init__(self, cfg: CompileConfig, width: int, obs_dim: int, action_dim: int, categorical: bool = True) -> None:
         super().__init__()
         self.cfg, self.width = cfg, width
@@ -174,19 +173,7 @@ class CompILE(nn.Module):
         self.history_rnn = nn.GRU(width, cfg.history_dim, batch_first=True)
         self.switch_unit = mlp(width + cfg.history_dim + nz, cfg.switch_hidden, 1)
 
-    # -- decoder (the metacontroller's interface) ----------------------------
-    def decode(self, code: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """U = f_hyp(z): (…, W, r) factors A, B, or the full (…, W, W) matrix and None."""
-        flat = self.decoder(code)
-        w, r = self.width, self.cfg.rank
-        if r == 0:
-            return flat.view(*code.shape[:-1], w, w), None
-        a, b = flat.split(w * r, -1)
-        return a.view(*code.shape[:-1], w, r), b.view(*code.shape[:-1], w, r)
-
-    def control(self, residual: torch.Tensor, code: torch.Tensor) -> torch.Tensor:
-        a, b = self.decode(code)
-        return apply_controller(residual, a, b)
+    # decoder: the metacontroller's (HyperDecoder.decode / control)
 
     # -- causal switch (the metacontroller's interface) ----------------------
     def history(self, residual_t: torch.Tensor, h_prev: torch.Tensor) -> torch.Tensor:
