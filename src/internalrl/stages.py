@@ -360,19 +360,25 @@ def alpha_sweep(cfg: Config, run: RunDir, alphas=PAPER_ALPHAS, cotrained: bool =
                       {"headline": headline, "points": points})
 
 
-def _load_meta(path, cfg_meta, width: int, device):
+def _load_weights(module, path, device):
+    """``module`` with the safetensors weights at ``path``, on ``device``, in eval mode."""
     from safetensors.torch import load_file
 
-    from .metacontroller import Metacontroller
     from .train import CheckpointError
 
-    meta = Metacontroller(cfg_meta, width).to(device)
+    module = module.to(device)
     try:
-        meta.load_state_dict(load_file(str(path)))
+        module.load_state_dict(load_file(str(path)))
     except Exception as e:
         raise CheckpointError(f"{path} is missing or corrupt ({type(e).__name__}); delete its stage folder and "
                               "re-run it") from None
-    return meta.eval()
+    return module.eval()
+
+
+def _load_meta(path, cfg_meta, width: int, device):
+    from .metacontroller import Metacontroller
+
+    return _load_weights(Metacontroller(cfg_meta, width), path, device)
 
 
 def stage_noswitch_metacontroller(cfg: Config, run: RunDir, progress: bool = True, meta_seed: int = 0):
@@ -432,18 +438,9 @@ def stage_compile(cfg: Config, run: RunDir, progress: bool = True, meta_seed: in
 
 
 def _load_compile(path, cfg_compile, base, device):
-    from safetensors.torch import load_file
-
     from .baselines.compile import build_compile
-    from .train import CheckpointError
 
-    model = build_compile(cfg_compile, base).to(device)
-    try:
-        model.load_state_dict(load_file(str(path)))
-    except Exception as e:
-        raise CheckpointError(f"{path} is missing or corrupt ({type(e).__name__}); delete its stage folder and "
-                              "re-run it") from None
-    return model.eval()
+    return _load_weights(build_compile(cfg_compile, base), path, device)
 
 
 def run_rl(cfg: Config, run: RunDir, method: str, task: str | None = None, meta_seed: int = 0,
