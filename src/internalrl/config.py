@@ -80,6 +80,8 @@ class ControllerConfig:
     batch_size: int = 256
     lr: float = 1e-3
     weight_decay: float = 0.0
+    warmup_steps: int = 0
+    final_lr_fraction: float = 0.0  # cosine decay of the lr to this fraction of its peak [choice]
     sweep: bool = True  # train and evaluate a set of controllers at every layer (Fig. 4)
 
 
@@ -151,6 +153,9 @@ class Config:
             ("controllers.steps", self.controllers.steps >= 1, "at least 1"),
             ("controllers.batch_size", self.controllers.batch_size >= 1, "at least 1"),
             ("controllers.lr", self.controllers.lr > 0, "positive"),
+            ("controllers.warmup_steps", 0 <= self.controllers.warmup_steps < self.controllers.steps,
+             "in 0..controllers.steps-1"),
+            ("controllers.final_lr_fraction", 0.0 <= self.controllers.final_lr_fraction <= 1.0, "in [0, 1]"),
         ]
         try:
             self.metacontroller.validate(self.model.width, self.model.depth)

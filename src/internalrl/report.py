@@ -206,9 +206,19 @@ def section_controllers(root: Path, figs: Path) -> str:
     ax.set(xlabel="controlled layer", ylabel="success rate", ylim=(-0.02, 1.02), title="supervised subgoal controllers")
     ax.legend(fontsize=8)
     rows = {k: v for k, v in h.items() if k not in ("posttrain_success_per_layer", "layers")}
-    return "<h2>Supervised subgoal controllers</h2>" + _table(rows) + _img(
+    html_ = "<h2>Supervised subgoal controllers</h2>" + _table(rows) + _img(
         _png(fig, figs / "controllers.png"),
         "Success when the controller of the current ground-truth subgoal acts at each layer (Fig. 4).")
+    counts = m["per_layer"][str(h["layer"])].get("posttrain_progress_counts")
+    if counts:  # where post-training episodes stop: which transition the controllers fail to make
+        fig, ax = plt.subplots(figsize=(6, 2.8))
+        ax.bar(range(len(counts)), np.asarray(counts) / max(1, sum(counts)))
+        ax.set(xlabel="colours of the post-training task visited when the episode ended",
+               ylabel="fraction of episodes", title=f"controllers at layer {h['layer']}: where episodes end")
+        html_ += _img(_png(fig, figs / "controllers_progress.png"),
+                      "An episode that ends after an even number of colours failed when a new subgoal began "
+                      "(after 2: the transition A→B, never seen in pretraining); after an odd number, inside a subgoal.")
+    return html_
 
 
 def beta_plot(ax, gates: np.ndarray, subgoals: np.ndarray, mask: np.ndarray, title: str) -> None:

@@ -189,7 +189,7 @@ def stage_probes(cfg: Config, run: RunDir, progress: bool = True):
 def stage_controllers(cfg: Config, run: RunDir, progress: bool = True):
     """Supervised subgoal controllers at L/2 (and every layer for the sweep), evaluated on the
     post-training and pretraining tasks by following the ground-truth subgoal."""
-    from .analysis.controllers import rollout_with_controllers, train_controllers
+    from .analysis.controllers import heldout_controlled_nll, rollout_with_controllers, train_controllers
 
     if run.done("controllers"):
         _log("controllers: finished earlier, skipped")
@@ -201,9 +201,8 @@ def stage_controllers(cfg: Config, run: RunDir, progress: bool = True):
     spec = cfg.env.spec()
     post = parse_task_set(cfg.env.posttrain_task, spec.num_objects)
     pre = parse_task_set(cfg.env.pretrain_tasks, spec.num_objects)
-    train_idx, _ = data.split(cfg.data.val_fraction)
+    train_idx, val_idx = data.split(cfg.data.val_fraction)
     cc = cfg.controllers
-    rank = None if cc.rank == 0 else cc.rank
     main_layer = cfg.control_layer()
     layers = list(range(model.depth + 1)) if cc.sweep else [main_layer]
     work = run.partial("controllers")
@@ -213,15 +212,21 @@ def stage_controllers(cfg: Config, run: RunDir, progress: bool = True):
         env = BatchedGridPinpad(cfg.eval.num_envs, tasks, spec, seed=seed + offset)
         return rollout_with_controllers(model, ctl, layer, env, seed + offset, device)
 
-    uncontrolled = {"posttrain": evaluate(None, main_layer, post, 0)["success_rate"],
-                    "pretrain": evaluate(None, main_layer, pre, 1)["success_rate"]}
+    uncontrolled_post = evaluate(None, main_layer, post, 0)
+    uncontrolled = {"posttrain": uncontrolled_post["success_rate"],
+                    "pretrain": evaluate(None, main_layer, pre, 1)["success_rate"],
+                    "posttrain_progress_counts": uncontrolled_post["progress_counts"],
+                    "heldout_nll": heldout_controlled_nll(model, None, main_layer, data, val_idx, 256, device)}
     per_layer = {}
     for layer in layers:
-        ctl, curve = train_controllers(model, data, train_idx, layer, _subgoal_count(cfg), rank, cc.steps,
-                                       cc.batch_size, cc.lr, cc.weight_decay, seed, device, progress)
-        res = {"posttrain_success": evaluate(ctl, layer, post, 0)["success_rate"],
+        ctl, curve = train_controllers(model, data, train_idx, layer, _subgoal_count(cfg), cc, seed, device, progress)
+        post_res = evaluate(ctl, layer, post, 0)
+        res = {"posttrain_success": post_res["success_rate"],
                "pretrain_success": evaluate(ctl, layer, pre, 1)["success_rate"],
-               "final_train_nll": curve[-1][1]}
+               "heldout_nll": heldout_controlled_nll(model, ctl, layer, data, val_idx, 256, device),
+               "final_train_nll": curve[-1][1],
+               # episodes of the post-training task that ended after k of its colours, k = 0..len
+               "posttrain_progress_counts": post_res["progress_counts"]}
         per_layer[layer] = res
         save_weights(ctl, work / f"controllers_layer{layer}.safetensors")
         _log(f"controllers: layer {layer}: post-training task success {res['posttrain_success']:.3f}, "
@@ -232,6 +237,8 @@ def stage_controllers(cfg: Config, run: RunDir, progress: bool = True):
         "pretrain_success": per_layer[main_layer]["pretrain_success"],
         "uncontrolled_posttrain_success": uncontrolled["posttrain"],
         "uncontrolled_pretrain_success": uncontrolled["pretrain"],
+        "heldout_nll": per_layer[main_layer]["heldout_nll"],
+        "uncontrolled_heldout_nll": uncontrolled["heldout_nll"],
         "posttrain_success_per_layer": [per_layer[l]["posttrain_success"] for l in layers],
         "layers": layers, "episodes_each": cfg.eval.num_envs, "seconds": time.perf_counter() - t0,
     }

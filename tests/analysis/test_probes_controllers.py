@@ -81,3 +81,36 @@ def test_switch_metrics_match_changes_within_one_step():
     assert switch_metrics(soft, sub, mask)["fraction_beta_intermediate"] == 1.0
     never = switch_metrics(torch.zeros(1, 10), sub, mask)
     assert never["precision"] is None and never["f1"] == 0.0 and never["recall"] == 0.0
+
+
+def test_rollout_counts_where_episodes_end():
+    model = freeze(tiny_model())
+    env = BatchedGridPinpad(16, parse_task_set("0-1-2-3", 8), GridSpec(), seed=0)
+    res = rollout_with_controllers(model, None, 1, env, seed=3, device="cpu")
+    counts = res["progress_counts"]
+    assert len(counts) == 5 and sum(counts) == 16  # progress 0..4 of a 4-colour task
+    assert counts == [int((env.progress == k).sum()) for k in range(5)]
+
+
+def test_zero_controller_keeps_heldout_nll_and_training_moves_it(tmp_path):
+    import dataclasses
+
+    import numpy as np
+
+    from internalrl.analysis.controllers import heldout_controlled_nll, train_controllers
+    from internalrl.config import ControllerConfig
+    from internalrl.data import generate_grid, load_trajectories, save_trajectories
+
+    tasks = parse_task_set("0-1-2-3,2-3-0-1", 8)
+    arrays, _ = generate_grid(24, tasks, GridSpec(), seed=0, progress=False)
+    save_trajectories(tmp_path, arrays, {"obs_format": "grid", "env": dataclasses.asdict(GridSpec())})
+    data = load_trajectories(tmp_path)
+    model = freeze(tiny_model())
+    idx = np.arange(24)
+    base = heldout_controlled_nll(model, None, 1, data, idx, 7, "cpu")
+    zero = SubgoalControllers(4, 16, rank=None, init_std=0.0)
+    assert abs(heldout_controlled_nll(model, zero, 1, data, idx, 7, "cpu") - base) < 1e-6
+    cc = ControllerConfig(rank=4, steps=30, batch_size=8, lr=1e-2)
+    ctl, curve = train_controllers(model, data, idx, 1, 4, cc, seed=0, device="cpu", progress=False)
+    assert heldout_controlled_nll(model, ctl, 1, data, idx, 7, "cpu") < base  # fits its own training episodes
+    assert curve[-1][0] == 29

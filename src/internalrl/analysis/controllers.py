@@ -12,6 +12,7 @@ from ..controller import SubgoalControllers
 from ..data import Trajectories, batch_indices, make_batch
 from ..envs.gridworld import BatchedGridPinpad
 from ..models.sequence_model import SequenceModel
+from ..train import lr_at
 
 
 def freeze(model: SequenceModel) -> SequenceModel:
@@ -20,28 +21,48 @@ def freeze(model: SequenceModel) -> SequenceModel:
     return model.eval()
 
 
-def controlled_action_nll(model: SequenceModel, ctl: SubgoalControllers, layer: int, batch) -> torch.Tensor:
-    out = model(batch.obs[:, :-1], layer=layer, intervention=lambda e: ctl(e, batch.subgoals))
+def controlled_action_nll(model: SequenceModel, ctl: SubgoalControllers | None, layer: int, batch) -> torch.Tensor:
+    """Mean action NLL per step with the ground-truth subgoal's controller acting at ``layer``
+    (``ctl=None``: the base model alone)."""
+    out = model(batch.obs[:, :-1], layer=layer,
+                intervention=None if ctl is None else (lambda e: ctl(e, batch.subgoals)))
     mask = batch.mask.float()
     return -(model.action_log_prob(out, batch.actions) * mask).sum() / mask.sum()
 
 
+@torch.no_grad()
+def heldout_controlled_nll(model: SequenceModel, ctl: SubgoalControllers | None, layer: int, data: Trajectories,
+                           idx: np.ndarray, batch_size: int, device) -> float:
+    """:func:`controlled_action_nll` over the episodes ``idx``, weighted by their steps."""
+    total, count = 0.0, 0.0
+    for start in range(0, len(idx), batch_size):
+        batch = make_batch(data, idx[start:start + batch_size]).to(device)
+        steps = float(batch.mask.sum())
+        total += float(controlled_action_nll(model, ctl, layer, batch)) * steps
+        count += steps
+    return total / count
+
+
 def train_controllers(model: SequenceModel, data: Trajectories, train_idx: np.ndarray, layer: int,
-                      num_subgoals: int, rank: int | None, steps: int, batch_size: int, lr: float,
-                      weight_decay: float, seed: int, device, progress: bool = True) -> tuple[SubgoalControllers, list]:
+                      num_subgoals: int, cc, seed: int, device, progress: bool = True) -> tuple[SubgoalControllers, list]:
+    """Train one controller per subgoal at ``layer`` with the settings of ``cc`` (a
+    :class:`~internalrl.config.ControllerConfig`: rank, steps, batch size, AdamW lr with
+    warm-up and cosine decay, weight decay). Returns the controllers and (step, loss) pairs."""
     freeze(model)
     torch.manual_seed(seed)
-    ctl = SubgoalControllers(num_subgoals, model.cfg.width, rank).to(device)
-    opt = torch.optim.AdamW(ctl.parameters(), lr=lr, weight_decay=weight_decay)
+    ctl = SubgoalControllers(num_subgoals, model.cfg.width, cc.rank or None).to(device)
+    opt = torch.optim.AdamW(ctl.parameters(), lr=cc.lr, weight_decay=cc.weight_decay)
     lengths = data.arrays["lengths"]
     curve = []
-    for step in tqdm(range(steps), desc=f"controllers @ layer {layer}", disable=not progress, leave=False):
-        batch = make_batch(data, batch_indices(train_idx, batch_size, seed, step, lengths)).to(device)
+    for step in tqdm(range(cc.steps), desc=f"controllers @ layer {layer}", disable=not progress, leave=False):
+        for g in opt.param_groups:
+            g["lr"] = lr_at(step, cc)
+        batch = make_batch(data, batch_indices(train_idx, cc.batch_size, seed, step, lengths)).to(device)
         loss = controlled_action_nll(model, ctl, layer, batch)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
-        if step % 25 == 0 or step == steps - 1:
+        if step % 25 == 0 or step == cc.steps - 1:
             curve.append((step, float(loss.detach())))
     return ctl.eval(), curve
 
@@ -64,4 +85,6 @@ def rollout_with_controllers(model: SequenceModel, ctl: SubgoalControllers | Non
         if env.done.all():
             break
     return {"success_rate": float(env.succeeded.mean()), "mean_progress": float(env.progress.mean()),
-            "episodes": env.num_envs}
+            "episodes": env.num_envs,
+            # how many episodes ended having visited k of the task's colours, k = 0..len(task)
+            "progress_counts": np.bincount(env.progress, minlength=int(env.task_len.max()) + 1).tolist()}
