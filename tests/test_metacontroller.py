@@ -127,3 +127,23 @@ def test_kl_warmup_ramps_alpha_linearly_and_is_off_by_default():
     assert kl_weight(cfg, 0) == 0.0
     assert abs(kl_weight(cfg, 50) - 0.1) < 1e-12
     assert kl_weight(cfg, 100) == kl_weight(cfg, 5000) == 0.2
+
+
+def test_fresh_decoder_is_small_yet_passes_gradient_to_the_encoder():
+    """At init U is small (the controlled model starts near the base model) but depends on z,
+    so the encoder gets a first-order gradient: both factors of U = A Bᵀ at zero would be a
+    saddle where the encoder's gradient is second-order small and the code never gets used."""
+    base, batch = base_and_batch()
+    for p in base.parameters():
+        p.requires_grad_(False)
+    for rank in (4, 0):
+        torch.manual_seed(0)
+        m = Metacontroller(MetacontrollerConfig(rank=rank), W)
+        res = metacontroller_loss(base, m, 1, batch, alpha=0.0)
+        e = base.lower(batch.obs[:, :-1], 1)
+        ratio = float((res["out"].residual - e).norm() / e.norm())
+        assert 0.005 < ratio < 0.5, ratio
+        res["loss"].backward()
+        enc = sum(float(p.grad.norm() ** 2) for p in m.encoder.parameters()) ** 0.5
+        dec = sum(float(p.grad.norm() ** 2) for p in m.decoder.parameters()) ** 0.5
+        assert enc > 1e-3 * dec, (enc, dec)  # at a zero-zero init this ratio is about 1e-3 times smaller still

@@ -8,7 +8,7 @@ controller back into it:
 3. encoder                ``(μ_t, log σ_t) = f_enc(e_t, h_{t-1}, s)``; ``z̃_t = μ_t + σ_t ε``  (n_z = 8)
 4. switching unit         ``β_t = f_switch(e_t, h_{t-1}, z_{t-1}) ∈ [0, 1]``, causal, no ``s``; β_1 = 1
 5. temporal integration   ``z_t = β_t z̃_t + (1 − β_t) z_{t-1}``
-6. decoder hypernetwork   ``U_t = f_hyp(z_t) = A_t B_tᵀ`` (rank r) or full ``U_t``, near zero at init
+6. decoder hypernetwork   ``U_t = f_hyp(z_t) = A_t B_tᵀ`` (rank r) or full ``U_t``, small at init
 7. controller             ``ê_t = e_t + U_t e_t``, then blocks l+1..L and the heads.
 
 Loss per step: ``−ln p(a_t | …) + α · KL(N(μ_t, σ_t²) ‖ N(0, I))``: the KL at every step, not
@@ -80,10 +80,38 @@ class MetaOutput:
     kl: torch.Tensor  # (B, T) KL(N(μ, σ²) ‖ N(0, I))
 
 
+#: [choice] scale of U's dependence on z at init: |U e| is about 0.1 |e| for a code drawn from the prior
+DECODER_INIT_GAIN = 0.25
+
+
+def hyper_decoder(code_dim: int, hidden: int, width: int, rank: int) -> nn.Sequential:
+    """The decoder hypernetwork z -> U (flattened): ``A, B`` of shape (W, r) for ``rank > 0``,
+    the full (W, W) matrix for ``rank == 0``.
+
+    [choice] initialisation: U is small but depends on z. B starts as a random projection
+    (entries ~ N(0, 1/W)) and A as small z-dependent weights, so U = A Bᵀ perturbs the residual
+    by about a tenth of its norm. Starting both factors at zero would put training on a saddle:
+    the gradient reaching the encoder through A Bᵀ is then second-order small (≈ 1e-7), the
+    code stays unused, and the KL term pulls it onto the prior before it is ever learned."""
+    out = width * width if rank == 0 else 2 * width * rank
+    net = mlp(code_dim, hidden, out)
+    last = net[-1]
+    with torch.no_grad():
+        nn.init.zeros_(last.bias)
+        if rank == 0:
+            last.weight.normal_(0, DECODER_INIT_GAIN / (hidden * width) ** 0.5)
+        else:
+            n = width * rank  # rows of A first, then rows of B (see HyperDecoder.decode)
+            last.weight[:n].normal_(0, DECODER_INIT_GAIN / (hidden * rank) ** 0.5)
+            last.weight[n:].normal_(0, 1 / (hidden * width) ** 0.5)
+            last.bias[n:].normal_(0, 1 / width ** 0.5)
+    return net
+
+
 class HyperDecoder:
     """The decoder hypernetwork's read-out, shared by every model that turns a code z into a
-    controller U (the metacontroller, CompILE). Needs ``self.decoder``, ``self.width`` and
-    ``self.cfg.rank``."""
+    controller U (the metacontroller, CompILE). Needs ``self.decoder`` (from
+    :func:`hyper_decoder`), ``self.width`` and ``self.cfg.rank``."""
 
     def decode(self, code: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
         """U = f_hyp(z): (…, W, r) factors A, B, or the full (…, W, W) matrix and None."""
@@ -109,11 +137,7 @@ class Metacontroller(HyperDecoder, nn.Module):
         self.sequence_out = nn.Linear(2 * ns, ns)
         self.encoder = mlp(width + nh + ns, cfg.encoder_hidden, 2 * nz)
         self.switch_unit = mlp(width + nh + nz, cfg.switch_hidden, 1)
-        rank = cfg.rank
-        out = width * width if rank == 0 else 2 * width * rank
-        self.decoder = mlp(nz, cfg.decoder_hidden, out)
-        nn.init.normal_(self.decoder[-1].weight, std=1e-3 / width ** 0.5)  # U ≈ 0 at init
-        nn.init.zeros_(self.decoder[-1].bias)
+        self.decoder = hyper_decoder(nz, cfg.decoder_hidden, width, cfg.rank)
 
     # -- parts -------------------------------------------------------------
     def sequence_embedding(self, residual: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:

@@ -20,7 +20,7 @@ Learning and Execution"), in place of the metacontroller.
    from pass i's features, ``z_i = μ_i + σ_i ε`` (n_z = 8).
 
 **Decoder** = the metacontroller's (SPEC §5 steps 6–7): the code in force at step t,
-``z_t = Σ_i m_i(t) z_i``, gives ``U_t = f_hyp(z_t) = A_t B_tᵀ`` (rank 16, near zero at init) and
+``z_t = Σ_i m_i(t) z_i``, gives ``U_t = f_hyp(z_t) = A_t B_tᵀ`` (rank 16, small at init) and
 ``ê_t = e_t + U_t e_t`` at layer L/2 of the FROZEN base model, then its upper half and action head:
 ``NLL_t = −ln p(a_t | o_{1:t}, U_{1:t})``. [choice] CompILE's own decoder is a memoryless per-step
 policy, so it can execute each segment's code over the whole sequence and weight the per-step NLLs by
@@ -64,7 +64,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from ..metacontroller import HyperDecoder, mlp
+from ..metacontroller import HyperDecoder, hyper_decoder, mlp
 
 NEG = -1e9  # logit of a position a boundary may not take (finite: keeps 0 · log 0 terms at 0)
 
@@ -165,10 +165,7 @@ class CompILE(HyperDecoder, nn.Module):
         self.end_logit = nn.Parameter(torch.zeros(()))  # logit of "no further segment"
         self.posterior = mlp(2 * h, h, 2 * nz)
         # decoder hypernetwork, as the metacontroller's
-        out = width * width if cfg.rank == 0 else 2 * width * cfg.rank
-        self.decoder = mlp(nz, cfg.decoder_hidden, out)
-        nn.init.normal_(self.decoder[-1].weight, std=1e-3 / width ** 0.5)  # U ≈ 0 at init
-        nn.init.zeros_(self.decoder[-1].bias)
+        self.decoder = hyper_decoder(nz, cfg.decoder_hidden, width, cfg.rank)
         # causal termination head (the switch used in RL)
         self.history_rnn = nn.GRU(width, cfg.history_dim, batch_first=True)
         self.switch_unit = mlp(width + cfg.history_dim + nz, cfg.switch_hidden, 1)
