@@ -127,6 +127,10 @@ def test_kl_warmup_ramps_alpha_linearly_and_is_off_by_default():
     assert kl_weight(cfg, 0) == 0.0
     assert abs(kl_weight(cfg, 50) - 0.1) < 1e-12
     assert kl_weight(cfg, 100) == kl_weight(cfg, 5000) == 0.2
+    cfg = MetacontrollerConfig(alpha=0.2, kl_free_steps=30, kl_warmup_steps=100)
+    assert kl_weight(cfg, 0) == kl_weight(cfg, 29) == kl_weight(cfg, 30) == 0.0
+    assert abs(kl_weight(cfg, 80) - 0.1) < 1e-12 and kl_weight(cfg, 130) == 0.2
+    assert kl_weight(MetacontrollerConfig(alpha=0.2, kl_free_steps=30), 30) == 0.2  # no ramp: a step
 
 
 def test_fresh_decoder_is_small_yet_passes_gradient_to_the_encoder():

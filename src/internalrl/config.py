@@ -182,7 +182,8 @@ def _quick() -> Config:
     c.eval.num_envs = 1024
     c.probe = ProbeConfig(train_episodes=1500, test_episodes=500, fit_steps=300)
     c.controllers = ControllerConfig(steps=1000, batch_size=64, lr=3e-3)
-    c.metacontroller = MetacontrollerConfig(steps=400, batch_size=64, lr=1e-3)
+    # α = 0 for 200 steps, then ramped to α over 200: with α from the first step the code never gets used
+    c.metacontroller = MetacontrollerConfig(steps=800, batch_size=64, lr=1e-3, kl_free_steps=200, kl_warmup_steps=200)
     c.compile = CompileConfig(steps=400, batch_size=64, lr=1e-3)
     c.rl = RLConfig(episodes=20_000, batch_size=256, lr=3e-4, policy_hidden=128)
     return c
