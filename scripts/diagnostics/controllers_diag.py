@@ -1,0 +1,94 @@
+"""Supervised controllers on a finished run's base model, with held-out NLL and where episodes end.
+
+    python scripts/diagnostics/controllers_diag.py RUN_DIR LAYER STEPS LR RANK [--per-task]
+
+Trains one rank-RANK controller per subgoal (or, with --per-task, one per pretraining task held
+for the whole episode) at LAYER with AdamW and a cosine lr, batch 64, and prints every STEPS/5
+steps: the training loss, the held-out action NLL (1024 episodes), and success and the
+histogram of colours visited when episodes ended (1024 episodes each) on the pretraining tasks
+and (per-subgoal only) the post-training task. Used for the README's controller diagnostics.
+"""
+import argparse
+import time
+
+import numpy as np
+import torch
+
+from internalrl.analysis.controllers import freeze, rollout_with_controllers
+from internalrl.config import load_config
+from internalrl.controller import SubgoalControllers
+from internalrl.data import batch_indices, load_trajectories, make_batch
+from internalrl.envs.gridworld import BatchedGridPinpad
+from internalrl.envs.tasks import parse_task_set
+from internalrl.train import load_model
+
+p = argparse.ArgumentParser()
+p.add_argument("run"), p.add_argument("layer", type=int), p.add_argument("steps", type=int)
+p.add_argument("lr", type=float), p.add_argument("rank", type=int, help="0: full rank")
+p.add_argument("--per-task", action="store_true", help="one controller per task, held all episode")
+a = p.parse_args()
+torch.manual_seed(0)
+cfg = load_config("quick")
+spec = cfg.env.spec()
+pre = parse_task_set(cfg.env.pretrain_tasks, spec.num_objects)
+post = parse_task_set(cfg.env.posttrain_task, spec.num_objects)
+data = load_trajectories(f"{a.run}/data")
+model = freeze(load_model(f"{a.run}/base_model"))
+tr, va = data.split(0.05)
+lengths = data.arrays["lengths"]
+task_id = torch.as_tensor(data.arrays["task_id"].astype(np.int64))
+
+
+def labels(idx, b):
+    if not a.per_task:
+        return b.subgoals
+    return torch.where(b.mask, task_id[idx][:, None].expand_as(b.subgoals), torch.full_like(b.subgoals, -1))
+
+
+def nll(b, lab):
+    out = model(b.obs[:, :-1], layer=a.layer, intervention=lambda e: ctl(e, lab))
+    m = b.mask.float()
+    return -(model.action_log_prob(out, b.actions) * m).sum() / m.sum()
+
+
+@torch.no_grad()
+def rollout(tasks, n=1024, seed=5):
+    env = BatchedGridPinpad(n, tasks, spec, seed=seed)
+    if not a.per_task:
+        r = rollout_with_controllers(model, ctl, a.layer, env, seed, "cpu")
+        return round(r["success_rate"], 3), r["progress_counts"]
+    obs = env.reset()
+    state, gen = model.initial_state(n, "cpu"), torch.Generator().manual_seed(seed)
+    task = torch.as_tensor(env.task_index.astype(np.int64))[:, None]
+    for _ in range(spec.horizon):
+        residual = ctl(model.lower(torch.as_tensor(obs)[:, None], a.layer, state), task)
+        obs, *_ = env.step(model.sample_action(model.upper(residual, a.layer, state), gen).numpy())
+        if env.done.all():
+            break
+    return round(float(env.succeeded.mean()), 3), np.bincount(env.progress).tolist()
+
+
+vidx = va[:1024]
+vb = make_batch(data, vidx)
+vl = labels(vidx, vb)
+ctl = SubgoalControllers(len(pre) if a.per_task else 4, model.cfg.width, a.rank or None)
+opt = torch.optim.AdamW(ctl.parameters(), lr=a.lr, weight_decay=0.0)
+sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, a.steps)
+with torch.no_grad():
+    print("held-out NLL before:", round(float(nll(vb, vl)), 4), flush=True)
+t0 = time.time()
+for s in range(a.steps):
+    idx = batch_indices(tr, 64, 0, s, lengths)
+    b = make_batch(data, idx)
+    loss = nll(b, labels(idx, b))
+    opt.zero_grad()
+    loss.backward()
+    opt.step()
+    sched.step()
+    if (s + 1) % max(1, a.steps // 5) == 0:
+        with torch.no_grad():
+            v = float(nll(vb, vl))
+        line = f"{s + 1} train {loss.item():.4f} val {v:.4f} pretrain {rollout(pre)}"
+        if not a.per_task:
+            line += f" post-training {rollout(post)}"
+        print(line, f"t {time.time() - t0:.0f}s", flush=True)
