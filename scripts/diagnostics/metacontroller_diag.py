@@ -2,6 +2,7 @@
 
     python scripts/diagnostics/metacontroller_diag.py RUN_DIR [--steps 1500] [--alpha 0.17]
         [--free 0] [--warmup 0] [--switch sigmoid|gumbel] [--hard] [--lr 1e-3] [--layer 2]
+        [--switch-bias 0]
 
 The quick preset's metacontroller (batch 64) at layer --layer, with α = 0 for --free steps, then
 ramped over --warmup steps. --hard hardens β at 0.5 in the forward pass with the sigmoid's
@@ -32,6 +33,7 @@ p.add_argument("--hard", action="store_true", help="straight-through hardened β
 p.add_argument("--lr", type=float, default=1e-3)
 p.add_argument("--batch", type=int, default=64)
 p.add_argument("--layer", type=int, default=2)
+p.add_argument("--switch-bias", type=float, default=0.0, help="initial bias of the switch unit's logit")
 a = p.parse_args()
 data = load_trajectories(f"{a.run}/data")
 base = freeze(load_model(f"{a.run}/base_model"))
@@ -41,6 +43,8 @@ cfg = MetacontrollerConfig(steps=a.steps, batch_size=a.batch, lr=a.lr, alpha=a.a
                            kl_free_steps=a.free, kl_warmup_steps=a.warmup)
 torch.manual_seed(0)
 meta = Metacontroller(cfg, base.cfg.width)
+with torch.no_grad():
+    meta.switch_unit[-1].bias.fill_(a.switch_bias)
 if a.hard:
     soft_gate = meta.gate
 
@@ -66,3 +70,18 @@ for step in range(a.steps):
               f"kl {ev['kl']:.4f} f1 {ev['f1']:.3f} precision {ev['precision']} recall {ev['recall']:.3f} "
               f"switches/ep {ev['switches_per_episode']:.2f} beta in (0.1,0.9) {ev['fraction_beta_intermediate']:.3f} "
               f"t {time.time() - t0:.0f}s", flush=True)
+
+# Where β is large: its mean at the steps where the ground-truth subgoal changes (and the first
+# step) against all other steps, and the switch F1 at the best threshold instead of 0.5.
+from internalrl.analysis.switching import switch_metrics  # noqa: E402
+
+gates, sub, mask = ev["gates"], ev["subgoals"], ev["mask"]
+change = torch.zeros_like(mask)
+change[:, 1:] = (sub[:, 1:] != sub[:, :-1]) & mask[:, 1:]
+later = mask.clone()
+later[:, 0] = False
+print(f"mean beta at subgoal changes {gates[change].mean():.3f}, elsewhere after step 1 "
+      f"{gates[later & ~change].mean():.3f}")
+best = max(((float(switch_metrics((gates > th).float(), sub, mask)["f1"] or 0.0), th)
+            for th in (0.05, 0.1, 0.15, 0.2, 0.25, 0.3, 0.35, 0.4, 0.45, 0.5)))
+print(f"best F1 over thresholds 0.05..0.5: {best[0]:.3f} at beta > {best[1]}")
