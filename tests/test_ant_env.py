@@ -280,10 +280,18 @@ def test_expert_guidance_points_along_a_safe_shortest_path():
             nxt = (r + dr) * g + (c + dc)
             assert dist[nxt] == dist[cell] - 1
             assert env.cell_identity[0, nxt] < 0 or nxt == target
-    _, here, d = guidance(env)
+    _, here, d = guidance(env, waypoints=False)
     assert np.allclose(np.linalg.norm(d[0]), 1.0) and np.allclose(d[0], here[0] @ MOVE_XY / np.linalg.norm(here[0] @ MOVE_XY))
+    # waypoint direction: towards the centre of the cell a suggested move leads to
+    _, here_w, d_w = guidance(env)
+    assert np.array_equal(here_w, here) and np.allclose(np.linalg.norm(d_w[0]), 1.0)
+    if here[0].sum() == 1:
+        move = int(np.flatnonzero(here[0])[0])
+        to = centre(env, env.cell[0]) + MOVE_XY[move] * env.spec.cell_size - env.xy[0]
+        np.testing.assert_allclose(d_w[0], to / np.linalg.norm(to))
+    assert (d_w[0] @ MOVE_XY[here[0]].T > 0).all()  # never against a suggested move
     eo = expert_observation(env, env.observation())
-    assert eo.shape == (1, expert_obs_dim(env.spec)) == (1, 111)
+    assert eo.shape == (1, expert_obs_dim(env.spec)) == (1, 113)
 
 
 def test_partial_reset_leaves_other_environments_running():

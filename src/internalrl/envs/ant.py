@@ -28,12 +28,17 @@ Reset: torso at the start cell's centre plus ``U(±start_noise·s/2)`` in x and 
 0.75, uniformly random yaw; hinge angles and all 14 velocities uniform in ``±0.1``.
 [choice] ``start_noise = 0.5`` (the middle half of the cell): with the whole cell (1.0), 17%
 of episodes ended within a few steps under *zero* torque because the sagging torso drifted a
-few centimetres over the border into a wall or a wrong colour (measured over 256 resets).
+few centimetres over the border into a wall or a wrong colour (measured over 256 resets with
+1 m cells).
 
 [choice] values (all fields of :class:`AntSpec`):
 
-* ``cell_size`` s = **1.0 m** — about the ant's torso-plus-hips width, so a 4×4 floor is
-  4 m across and a 3-colour task is a few metres of walking in 25 s (``T = 500`` steps);
+* ``cell_size`` s = **2.0 m** — a 4×4 floor is 8 m across and a 3-colour task is about 10–15 m
+  of walking in 25 s (``T = 500`` steps). 1.0 m (the first choice, about the ant's leg span)
+  leaves ±0.5 m around a cell's centre line, so a stride's sway or a slightly wrong heading ends
+  the episode in a wall or a wrong colour; Gymnasium-Robotics' AntMaze uses 4 m cells, which
+  would ask for ~1 m/s on average within T. 2 m sits between (the expert was trained at 2 m;
+  1 m was not retried with its final recipe, see docs/ant.md);
 * physics ``timestep`` = **0.01 s**, ``frame_skip`` = **5** → control step **0.05 s** (as in
   Gymnasium's Ant); ``integrator`` = **Euler** (4× faster than RK4 on this model, measured:
   ~20k vs ~5k control steps/s on one core, and stable for the ant);
@@ -166,7 +171,7 @@ class AntSpec:
     num_walls: int = 1
     horizon: int = 500
     colours_per_subgoal: int = 1
-    cell_size: float = 1.0
+    cell_size: float = 2.0
     timestep: float = 0.01
     frame_skip: int = 5
     integrator: str = "Euler"
