@@ -36,6 +36,11 @@ turn of the path the labels switch instead of the ant having to turn its body. W
 directed motion was learned in 0.5–2.8M steps (docs/ant.md); with it, velocity along ``d``
 reached ~0.15 m/s within 0.2M steps.
 
+[choice] tip-over (``tip_limit = 0.3``): a *training* episode also ends, as a failure, when the
+z component of the torso's up axis (:func:`uprightness`) falls below 0.3. The environment only
+ends episodes on torso height, and without this PPO learned to flip onto its back within ~20
+steps and flail. Evaluation and data generation use the plain environment.
+
 [choice] reward details: the task reward is weighted ``success_bonus = 10``; each correct
 colour visited earns ``visit_bonus = 1``; a failure (wall, fall, wrong colour) costs
 ``failure_penalty = 1``; every step earns ``alive_bonus = 0.05`` and pays a control cost
