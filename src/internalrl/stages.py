@@ -561,6 +561,7 @@ def experiment(cfg: Config, root: Path, base_seeds: int, meta_seeds: int, method
                          "final_success_q75": float(np.percentile(final, 75)), "episodes": int(x[-1])}
     axes[0].set(xlabel="episodes", ylabel="success rate", ylim=(-0.02, 1.02), title="median and 25–75% band")
     axes[1].set(xlabel="episodes (log)", xscale="log", ylim=(-0.02, 1.02), title="log axis")
+    axes[1].xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())  # decades only: minor labels overlap
     axes[0].legend(fontsize=8)
     fig.savefig(root / "fig8.png", dpi=120, bbox_inches="tight")
     plt.close(fig)
