@@ -14,7 +14,7 @@ import time
 import numpy as np
 import torch
 
-from internalrl.analysis.controllers import freeze, rollout_with_controllers
+from internalrl.analysis.controllers import controlled_action_nll, freeze, rollout_with_controllers
 from internalrl.config import load_config
 from internalrl.controller import SubgoalControllers
 from internalrl.data import batch_indices, load_trajectories, make_batch
@@ -46,26 +46,14 @@ def labels(idx, b):
 
 
 def nll(b, lab):
-    out = model(b.obs[:, :-1], layer=a.layer, intervention=lambda e: ctl(e, lab))
-    m = b.mask.float()
-    return -(model.action_log_prob(out, b.actions) * m).sum() / m.sum()
+    return controlled_action_nll(model, ctl, a.layer, b, lab)
 
 
-@torch.no_grad()
 def rollout(tasks, n=1024, seed=5):
     env = BatchedGridPinpad(n, tasks, spec, seed=seed)
-    if not a.per_task:
-        r = rollout_with_controllers(model, ctl, a.layer, env, seed, "cpu")
-        return round(r["success_rate"], 3), r["progress_counts"]
-    obs = env.reset()
-    state, gen = model.initial_state(n, "cpu"), torch.Generator().manual_seed(seed)
-    task = torch.as_tensor(env.task_index.astype(np.int64))[:, None]
-    for _ in range(spec.horizon):
-        residual = ctl(model.lower(torch.as_tensor(obs)[:, None], a.layer, state), task)
-        obs, *_ = env.step(model.sample_action(model.upper(residual, a.layer, state), gen).numpy())
-        if env.done.all():
-            break
-    return round(float(env.succeeded.mean()), 3), np.bincount(env.progress).tolist()
+    per_task = (lambda e: e.task_index.astype(np.int64)) if a.per_task else None
+    r = rollout_with_controllers(model, ctl, a.layer, env, seed, "cpu", labels=per_task)
+    return round(r["success_rate"], 3), r["progress_counts"]
 
 
 vidx = va[:1024]

@@ -207,7 +207,9 @@ def _paper() -> Config:
 PRESETS = {"quick": _quick, "long": _long, "paper": _paper}
 
 
-def _coerce(value: str, current: Any, name: str) -> Any:
+def coerce(value: str, current: Any, name: str) -> Any:
+    """``value`` (text) as the type of ``current`` (bool, int, float or str); a bad value raises
+    :class:`ConfigError` naming the field ``name``."""
     if isinstance(current, bool):
         if value.lower() in ("1", "true", "yes", "on"):
             return True
@@ -241,7 +243,7 @@ def apply_overrides(cfg: Config, overrides: list[str]) -> Config:
         names = [f.name for f in fields(target)]
         if leaf not in names or dataclasses.is_dataclass(getattr(target, leaf)):
             raise ConfigError(f"unknown config field {key!r}; {'.'.join(parts[:-1]) or 'top level'} has: {', '.join(names)}")
-        setattr(target, leaf, _coerce(value.strip(), getattr(target, leaf), key))
+        setattr(target, leaf, coerce(value.strip(), getattr(target, leaf), key))
     return cfg
 
 

@@ -94,6 +94,10 @@ class RunDir:
         self.update_results(stage, metrics)
         return final
 
+    def metrics(self, stage: str, command: str) -> dict:
+        """The metrics a finished stage wrote (``command`` makes it when it is missing)."""
+        return json.loads((self.require(stage, command) / "metrics.json").read_text())
+
     def update_results(self, stage: str, metrics: dict) -> None:
         path = self.root / "results.json"
         results = json.loads(path.read_text()) if path.exists() else {}

@@ -216,7 +216,8 @@ def stage_controllers(cfg: Config, run: RunDir, progress: bool = True):
     uncontrolled = {"posttrain": uncontrolled_post["success_rate"],
                     "pretrain": evaluate(None, main_layer, pre, 1)["success_rate"],
                     "posttrain_progress_counts": uncontrolled_post["progress_counts"],
-                    "heldout_nll": heldout_controlled_nll(model, None, main_layer, data, val_idx, 256, device)}
+                    # the base model's own held-out NLL on the same episodes, from its stage
+                    "heldout_nll": run.metrics("base_model", "train")["headline"]["heldout_action_nll"]}
     per_layer = {}
     for layer in layers:
         ctl, curve = train_controllers(model, data, train_idx, layer, _subgoal_count(cfg), cc, seed, device, progress)
@@ -541,7 +542,7 @@ def experiment(cfg: Config, root: Path, base_seeds: int, meta_seeds: int, method
                 if method == "raw" and ms > 0:
                     continue  # raw-action RL has no metacontroller: one run per base model
                 folder = run_rl(bcfg, run, method, task, meta_seed=ms, progress=progress)
-                m = json.loads((folder / "metrics.json").read_text())
+                m = run.metrics(folder.name, "rl")
                 curves[method].append({"base_seed": b, "meta_seed": ms, "curve": m["curve"]})
     fig, axes = plt.subplots(1, 2, figsize=(12, 3.8))
     table = {}

@@ -21,11 +21,14 @@ def freeze(model: SequenceModel) -> SequenceModel:
     return model.eval()
 
 
-def controlled_action_nll(model: SequenceModel, ctl: SubgoalControllers | None, layer: int, batch) -> torch.Tensor:
+def controlled_action_nll(model: SequenceModel, ctl: SubgoalControllers | None, layer: int, batch,
+                          labels: torch.Tensor | None = None) -> torch.Tensor:
     """Mean action NLL per step with the ground-truth subgoal's controller acting at ``layer``
-    (``ctl=None``: the base model alone)."""
+    (``ctl=None``: the base model alone). ``labels`` (B, T) picks other controllers than
+    ``batch.subgoals`` (-1: none)."""
+    labels = batch.subgoals if labels is None else labels
     out = model(batch.obs[:, :-1], layer=layer,
-                intervention=None if ctl is None else (lambda e: ctl(e, batch.subgoals)))
+                intervention=None if ctl is None else (lambda e: ctl(e, labels)))
     mask = batch.mask.float()
     return -(model.action_log_prob(out, batch.actions) * mask).sum() / mask.sum()
 
@@ -69,17 +72,18 @@ def train_controllers(model: SequenceModel, data: Trajectories, train_idx: np.nd
 
 @torch.no_grad()
 def rollout_with_controllers(model: SequenceModel, ctl: SubgoalControllers | None, layer: int,
-                             env: BatchedGridPinpad, seed: int, device) -> dict:
+                             env: BatchedGridPinpad, seed: int, device, labels=None) -> dict:
     """Step the base model with the controller of each environment's current ground-truth
-    subgoal applied at ``layer`` (``ctl=None``: the uncontrolled base model)."""
+    subgoal applied at ``layer`` (``ctl=None``: the uncontrolled base model). ``labels(env)``
+    (N,) picks other controllers than ``env.subgoal()``."""
+    labels = labels or (lambda e: e.subgoal())
     gen = torch.Generator(device=device).manual_seed(seed)
     obs = env.reset()
     state = model.initial_state(env.num_envs, device)
     for _ in range(env.spec.horizon):
         residual = model.lower(torch.as_tensor(obs, device=device)[:, None], layer, state)
         if ctl is not None:
-            subgoal = torch.as_tensor(env.subgoal(), device=device)[:, None]
-            residual = ctl(residual, subgoal)
+            residual = ctl(residual, torch.as_tensor(labels(env), device=device)[:, None])
         action = model.sample_action(model.upper(residual, layer, state), gen)
         obs, *_ = env.step(action.cpu().numpy())
         if env.done.all():

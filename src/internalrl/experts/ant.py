@@ -547,8 +547,7 @@ def rollout_expert(policy: AntExpertPolicy, env: BatchedAntPinpad, mean_actions:
         if env.done.all():
             break
         eo, turns = canonical_observation(env, obs, guidance(env, policy.waypoints), policy.symmetry, prev=turns)
-        k = turns
-        a = real_actions(policy.act(eo, mean_actions=mean_actions, generator=generator), k)
+        a = real_actions(policy.act(eo, mean_actions=mean_actions, generator=generator), turns)
         a = np.clip(a, -1.0, 1.0)
         active = ~env.done
         if record:
@@ -654,22 +653,25 @@ def write_ant_dataset(folder: str | Path, arrays: dict[str, np.ndarray], stats: 
 
 # --------------------------------------------------------------------------- command line
 def _overrides(items: Sequence[str]) -> dict:
-    """``["field=value", ...]`` to typed :class:`AntExpertConfig` keyword arguments."""
+    """``["field=value", ...]`` to typed :class:`AntExpertConfig` keyword arguments (typed as
+    the gridworld config's overrides are; ``tasks`` takes a comma-separated list)."""
     from dataclasses import fields
 
-    types = {f.name: f.default for f in fields(AntExpertConfig)}
+    from ..config import ConfigError, coerce
+
+    defaults = {f.name: f.default for f in fields(AntExpertConfig)}
     out = {}
     for item in items:
         key, sep, value = item.partition("=")
-        if not sep or key not in types:
-            raise SystemExit(f"--set wants FIELD=VALUE with FIELD one of {sorted(types)}; got {item!r}")
-        default = types[key]
-        if isinstance(default, bool):
-            out[key] = value.lower() in ("1", "true", "yes")
-        elif isinstance(default, tuple):
+        if not sep or key not in defaults:
+            raise SystemExit(f"--set wants FIELD=VALUE with FIELD one of {sorted(defaults)}; got {item!r}")
+        if isinstance(defaults[key], tuple):
             out[key] = tuple(v for v in value.split(",") if v)
-        else:
-            out[key] = type(default)(value)
+            continue
+        try:
+            out[key] = coerce(value, defaults[key], key)
+        except ConfigError as e:
+            raise SystemExit(f"--set {e}") from None
     return out
 
 
