@@ -151,3 +151,16 @@ def test_fresh_decoder_is_small_yet_passes_gradient_to_the_encoder():
         enc = sum(float(p.grad.norm() ** 2) for p in m.encoder.parameters()) ** 0.5
         dec = sum(float(p.grad.norm() ** 2) for p in m.decoder.parameters()) ** 0.5
         assert enc > 1e-3 * dec, (enc, dec)  # at a zero-zero init this ratio is about 1e-3 times smaller still
+
+
+def test_cotrained_variant_takes_its_own_step_count_and_rejects_a_negative_one():
+    from internalrl.config import ConfigError, load_config
+    from internalrl.metacontroller import cotrained_config
+
+    cfg = MetacontrollerConfig(steps=500)
+    same = cotrained_config(cfg)
+    assert same.cotrain and same.steps == 500 and not cfg.cotrain
+    own = cotrained_config(MetacontrollerConfig(steps=500, cotrain_steps=70))
+    assert own.cotrain and own.steps == 70
+    with pytest.raises(ConfigError, match="metacontroller.cotrain_steps"):
+        load_config("quick", ["metacontroller.cotrain_steps=-1"])

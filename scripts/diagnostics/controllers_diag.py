@@ -1,12 +1,15 @@
 """Supervised controllers on a finished run's base model, with held-out NLL and where episodes end.
 
-    python scripts/diagnostics/controllers_diag.py RUN_DIR LAYER STEPS LR RANK [--per-task]
+    python scripts/diagnostics/controllers_diag.py RUN_DIR LAYER STEPS LR RANK [--per-task] [--scales 1,2,3]
 
 Trains one rank-RANK controller per subgoal (or, with --per-task, one per pretraining task held
 for the whole episode) at LAYER with AdamW and a cosine lr, batch 64, and prints every STEPS/5
 steps: the training loss, the held-out action NLL (1024 episodes), and success and the
 histogram of colours visited when episodes ended (1024 episodes each) on the pretraining tasks
-and (per-subgoal only) the post-training task. Used for the README's controller diagnostics.
+and (per-subgoal only) the post-training task. With --scales, the trained controllers are then
+evaluated with U multiplied by each factor (a stronger or weaker push), and for the post-training
+task it prints which wrong colours ended the episodes at each progress. Used for the README's
+controller diagnostics.
 """
 import argparse
 import time
@@ -26,6 +29,7 @@ p = argparse.ArgumentParser()
 p.add_argument("run"), p.add_argument("layer", type=int), p.add_argument("steps", type=int)
 p.add_argument("lr", type=float), p.add_argument("rank", type=int, help="0: full rank")
 p.add_argument("--per-task", action="store_true", help="one controller per task, held all episode")
+p.add_argument("--scales", default="", help="comma-separated factors for U after training, e.g. 0,1,2,3")
 a = p.parse_args()
 torch.manual_seed(0)
 cfg = load_config("quick")
@@ -53,7 +57,7 @@ def rollout(tasks, n=1024, seed=5):
     env = BatchedGridPinpad(n, tasks, spec, seed=seed)
     per_task = (lambda e: e.task_index.astype(np.int64)) if a.per_task else None
     r = rollout_with_controllers(model, ctl, a.layer, env, seed, "cpu", labels=per_task)
-    return round(r["success_rate"], 3), r["progress_counts"]
+    return round(r["success_rate"], 3), r["progress_counts"], r
 
 
 vidx = va[:1024]
@@ -76,7 +80,19 @@ for s in range(a.steps):
     if (s + 1) % max(1, a.steps // 5) == 0:
         with torch.no_grad():
             v = float(nll(vb, vl))
-        line = f"{s + 1} train {loss.item():.4f} val {v:.4f} pretrain {rollout(pre)}"
+        line = f"{s + 1} train {loss.item():.4f} val {v:.4f} pretrain {rollout(pre)[:2]}"
         if not a.per_task:
-            line += f" post-training {rollout(post)}"
+            line += f" post-training {rollout(post)[:2]}"
         print(line, f"t {time.time() - t0:.0f}s", flush=True)
+
+factor = ctl.a if ctl.rank is not None else ctl.u  # U = A Bᵀ (or U) is linear in this factor
+trained = factor.detach().clone()
+for k in [float(x) for x in a.scales.split(",") if x]:
+    with torch.no_grad():
+        factor.copy_(trained * k)
+    pre_rate, pre_counts, _ = rollout(pre)
+    post_rate, post_counts, r = rollout(post)
+    print(f"U x {k:g}: pretraining {pre_rate} {pre_counts} | post-training {post_rate} {post_counts}", flush=True)
+    for p, (row, timeouts) in enumerate(zip(r["wrong_colour_counts"], r["timeout_counts"])):
+        if sum(row) + timeouts >= 0.05 * r["episodes"]:
+            print(f"    post-training episodes ended after {p} colours: wrong colour {row}, timeouts {timeouts}")

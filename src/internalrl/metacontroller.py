@@ -45,6 +45,7 @@ class MetacontrollerConfig:
     lr: float = 1e-3
     weight_decay: float = 0.03
     cotrain: bool = False  # train the base model jointly (the co-trained baseline)
+    cotrain_steps: int = 0  # [choice] training steps of the co-trained variant; 0: the same as steps
     base_lr: float = 3e-4  # learning rate of the base model when co-training
 
     def validate(self, width: int, depth: int) -> None:
@@ -59,6 +60,7 @@ class MetacontrollerConfig:
             ("metacontroller.kl_free_steps", self.kl_free_steps >= 0, "non-negative"),
             ("metacontroller.kl_warmup_steps", self.kl_warmup_steps >= 0, "non-negative"),
             ("metacontroller.steps", self.steps >= 1, "at least 1"),
+            ("metacontroller.cotrain_steps", self.cotrain_steps >= 0, "non-negative (0: the same as steps)"),
             ("metacontroller.batch_size", self.batch_size >= 1, "at least 1"),
             ("metacontroller.lr", self.lr > 0, "positive"),
             ("metacontroller.gumbel_temperature", self.gumbel_temperature > 0, "positive"),
@@ -66,6 +68,13 @@ class MetacontrollerConfig:
         for name, ok, what in checks:
             if not ok:
                 raise ValueError(f"{name} must be {what}, got {getattr(self, name.split('.')[1])!r}")
+
+
+def cotrained_config(cfg: MetacontrollerConfig) -> MetacontrollerConfig:
+    """The co-trained variant of ``cfg``: base model trained jointly, for ``cotrain_steps`` steps."""
+    from dataclasses import replace
+
+    return replace(cfg, cotrain=True, steps=cfg.cotrain_steps or cfg.steps)
 
 
 def mlp(inp: int, hidden: int, out: int) -> nn.Sequential:

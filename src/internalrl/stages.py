@@ -13,6 +13,7 @@ import numpy as np
 from .config import Config, ConfigError
 from .data import data_card, expert_reference, generate_grid, load_trajectories, save_trajectories
 from .experts.grid import task_marginal_free_play, task_marginal_reference
+from .metacontroller import cotrained_config
 from .envs.tasks import parse_task_set
 from .envs.gridworld import BatchedGridPinpad
 from .evaluate import evaluate_policy, rollout_base_model
@@ -279,8 +280,6 @@ def meta_stage_name(meta_seed: int) -> str:
 
 def stage_metacontroller(cfg: Config, run: RunDir, progress: bool = True, meta_seed: int = 0):
     """The metacontroller at L/2 with the base model frozen, and the co-trained variant beside it."""
-    from dataclasses import replace
-
     stage = meta_stage_name(meta_seed)
     if run.done(stage):
         _log(f"{stage}: finished earlier, skipped")
@@ -288,7 +287,7 @@ def stage_metacontroller(cfg: Config, run: RunDir, progress: bool = True, meta_s
     work = run.partial(stage)
     t0 = time.perf_counter()
     results = {}
-    for label, mc in (("frozen", cfg.metacontroller), ("cotrained", replace(cfg.metacontroller, cotrain=True))):
+    for label, mc in (("frozen", cfg.metacontroller), ("cotrained", cotrained_config(cfg.metacontroller))):
         res = _train_and_eval_meta(cfg, run, mc, label, progress, save_to=work, meta_seed=meta_seed)
         np.savez(work / f"{label}_examples.npz", gates=res.pop("gates")[:8].numpy(),
                  subgoals=res.pop("subgoals")[:8].numpy(), mask=res.pop("mask")[:8].numpy())
@@ -335,7 +334,8 @@ def alpha_sweep(cfg: Config, run: RunDir, alphas=PAPER_ALPHAS, cotrained: bool =
         for alpha in alphas:
             if any(p["variant"] == label and p["alpha"] == alpha for p in points):
                 continue
-            mc = replace(cfg.metacontroller, alpha=float(alpha), cotrain=co)
+            mc = replace(cfg.metacontroller, alpha=float(alpha))
+            mc = cotrained_config(mc) if co else mc
             res = _train_and_eval_meta(cfg, run, mc, f"{label} alpha={alpha}", progress)
             point = {"variant": label, "alpha": float(alpha), **{k: res[k] for k in (
                 "action_nll", "kl", "f1", "precision", "recall", "switches_per_episode", "subgoals_per_episode",

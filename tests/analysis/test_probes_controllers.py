@@ -1,3 +1,4 @@
+import numpy as np
 import torch
 
 from internalrl.analysis.controllers import controlled_action_nll, freeze, rollout_with_controllers
@@ -90,6 +91,14 @@ def test_rollout_counts_where_episodes_end():
     counts = res["progress_counts"]
     assert len(counts) == 5 and sum(counts) == 16  # progress 0..4 of a 4-colour task
     assert counts == [int((env.progress == k).sum()) for k in range(5)]
+    # every unsuccessful episode ended either on a wrong colour or at the horizon, at its progress
+    wrong, timeout = np.array(res["wrong_colour_counts"]), np.array(res["timeout_counts"])
+    assert wrong.shape == (5, 8) and timeout.shape == (5,)
+    ended = wrong.sum(1) + timeout
+    assert ended[:4].tolist() == counts[:4] and ended[4] == 0  # progress 4 of 4 is a success
+    assert wrong.sum() > 0  # an untrained model walks onto wrong colours
+    for k in range(4):  # the colour a task wants next is never a failure at that progress
+        assert wrong[k, k] == 0
 
 
 def test_zero_controller_keeps_heldout_nll_and_training_moves_it(tmp_path):

@@ -80,15 +80,25 @@ def rollout_with_controllers(model: SequenceModel, ctl: SubgoalControllers | Non
     gen = torch.Generator(device=device).manual_seed(seed)
     obs = env.reset()
     state = model.initial_state(env.num_envs, device)
+    wrong = np.full(env.num_envs, -1)  # the colour whose visit ended a failed episode
     for _ in range(env.spec.horizon):
         residual = model.lower(torch.as_tensor(obs, device=device)[:, None], layer, state)
         if ctl is not None:
             residual = ctl(residual, torch.as_tensor(labels(env), device=device)[:, None])
         action = model.sample_action(model.upper(residual, layer, state), gen)
-        obs, *_ = env.step(action.cpu().numpy())
+        obs, _, _, _, info = env.step(action.cpu().numpy())
+        wrong = np.where(info["failure"], info["visited"], wrong)
         if env.done.all():
             break
+    stages = int(env.task_len.max()) + 1
+    failed = ~env.succeeded & (wrong >= 0)
+    by_colour = np.zeros((stages, env.spec.num_objects), dtype=np.int64)
+    np.add.at(by_colour, (env.progress[failed], wrong[failed]), 1)
+    timeout = ~env.succeeded & (wrong < 0)
     return {"success_rate": float(env.succeeded.mean()), "mean_progress": float(env.progress.mean()),
             "episodes": env.num_envs,
             # how many episodes ended having visited k of the task's colours, k = 0..len(task)
-            "progress_counts": np.bincount(env.progress, minlength=int(env.task_len.max()) + 1).tolist()}
+            "progress_counts": np.bincount(env.progress, minlength=stages).tolist(),
+            # failures by progress k: [k][c] episodes ended by visiting the wrong colour c, and timeouts
+            "wrong_colour_counts": by_colour.tolist(),
+            "timeout_counts": np.bincount(env.progress[timeout], minlength=stages).tolist()}
