@@ -162,5 +162,6 @@ def test_cotrained_variant_takes_its_own_step_count_and_rejects_a_negative_one()
     assert same.cotrain and same.steps == 500 and not cfg.cotrain
     own = cotrained_config(MetacontrollerConfig(steps=500, cotrain_steps=70))
     assert own.cotrain and own.steps == 70
+    assert cotrained_config(MetacontrollerConfig(steps=5, cotrain_steps=70)).steps == 5  # never longer than frozen
     with pytest.raises(ConfigError, match="metacontroller.cotrain_steps"):
         load_config("quick", ["metacontroller.cotrain_steps=-1"])

@@ -45,7 +45,7 @@ class MetacontrollerConfig:
     lr: float = 1e-3
     weight_decay: float = 0.03
     cotrain: bool = False  # train the base model jointly (the co-trained baseline)
-    cotrain_steps: int = 0  # [choice] training steps of the co-trained variant; 0: the same as steps
+    cotrain_steps: int = 0  # [choice] at most this many steps for the co-trained variant; 0: the same as steps
     base_lr: float = 3e-4  # learning rate of the base model when co-training
 
     def validate(self, width: int, depth: int) -> None:
@@ -71,10 +71,11 @@ class MetacontrollerConfig:
 
 
 def cotrained_config(cfg: MetacontrollerConfig) -> MetacontrollerConfig:
-    """The co-trained variant of ``cfg``: base model trained jointly, for ``cotrain_steps`` steps."""
+    """The co-trained variant of ``cfg``: base model trained jointly, for ``cotrain_steps`` steps
+    (never more than ``steps``; 0: ``steps``)."""
     from dataclasses import replace
 
-    return replace(cfg, cotrain=True, steps=cfg.cotrain_steps or cfg.steps)
+    return replace(cfg, cotrain=True, steps=min(cfg.cotrain_steps or cfg.steps, cfg.steps))
 
 
 def mlp(inp: int, hidden: int, out: int) -> nn.Sequential:

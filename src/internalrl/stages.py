@@ -315,11 +315,6 @@ def alpha_sweep(cfg: Config, run: RunDir, alphas=PAPER_ALPHAS, cotrained: bool =
     switch F1 against ground-truth subgoal changes is at least ``aligned_f1``."""
     from dataclasses import replace
 
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
     stage = "alpha_sweep"
     if run.done(stage):
         _log(f"{stage}: finished earlier, skipped (delete {run.path(stage)} to redo it)")
@@ -343,22 +338,7 @@ def alpha_sweep(cfg: Config, run: RunDir, alphas=PAPER_ALPHAS, cotrained: bool =
             points.append(point)
             done_path.write_text(json.dumps(points, indent=2))
             _log(f"{stage}: {label} alpha={alpha}: NLL {point['action_nll']:.3f}, KL {point['kl']:.3f}, F1 {point['f1']:.3f}")
-    fig, ax = plt.subplots(figsize=(6, 4.2))
-    for label, marker in (("frozen", "o"), ("cotrained", "s")):
-        pts = [p for p in points if p["variant"] == label]
-        if not pts:
-            continue
-        x, y = [p["action_nll"] for p in pts], [p["kl"] for p in pts]
-        ax.plot(x, y, marker + "-", label=label, alpha=0.7)
-        for p in pts:
-            if p["f1"] >= aligned_f1:
-                ax.plot(p["action_nll"], p["kl"], "*", color="gold", ms=16, mec="k", zorder=5)
-            ax.annotate(f"α={p['alpha']:g}", (p["action_nll"], p["kl"]), fontsize=7, xytext=(3, 3), textcoords="offset points")
-    ax.plot([], [], "*", color="gold", ms=12, mec="k", label=f"aligned (switch F1 ≥ {aligned_f1})")
-    ax.set(xlabel="action NLL (distortion)", ylabel="KL per step (rate)", title="metacontroller rate–distortion")
-    ax.legend(fontsize=8)
-    fig.savefig(work / "rate_distortion.png", dpi=120, bbox_inches="tight")
-    plt.close(fig)
+    plot_rate_distortion(points, work / "rate_distortion.png", aligned_f1)
     aligned = sorted(p["alpha"] for p in points if p["variant"] == "frozen" and p["f1"] >= aligned_f1)
     headline = {"alphas": list(alphas), "aligned_alphas_frozen": aligned,
                 "aligned_alphas_cotrained": sorted(p["alpha"] for p in points if p["variant"] == "cotrained" and p["f1"] >= aligned_f1),
@@ -366,6 +346,37 @@ def alpha_sweep(cfg: Config, run: RunDir, alphas=PAPER_ALPHAS, cotrained: bool =
                 "f1_cotrained": [p["f1"] for p in points if p["variant"] == "cotrained"]}
     return run.finish(stage, {"alphas": list(alphas), "metacontroller": asdict(cfg.metacontroller)},
                       {"headline": headline, "points": points})
+
+
+def plot_rate_distortion(points: list[dict], path, aligned_f1: float = 0.8) -> None:
+    """The α sweep on the rate–distortion plane: x action NLL, y KL per step (log axis, so
+    that α = 0's tens of nats and the collapsed codes' 1e-4 both show), one line per variant,
+    each point labelled with α and its switch F1, gold stars where F1 ≥ ``aligned_f1``."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    floor = 1e-4
+    fig, ax = plt.subplots(figsize=(6.4, 4.4))
+    for label, marker in (("frozen", "o"), ("cotrained", "s")):
+        pts = sorted((p for p in points if p["variant"] == label), key=lambda p: p["alpha"])
+        if not pts:
+            continue
+        x, y = [p["action_nll"] for p in pts], [max(p["kl"], floor) for p in pts]
+        ax.plot(x, y, marker + "-", label=label, alpha=0.7)
+        for p, yy in zip(pts, y):
+            if p["f1"] >= aligned_f1:
+                ax.plot(p["action_nll"], yy, "*", color="gold", ms=16, mec="k", zorder=5)
+            ax.annotate(f"α={p['alpha']:g}, F1 {p['f1']:.2f}", (p["action_nll"], yy), fontsize=6.5,
+                        xytext=(4, 2 if label == "frozen" else -9), textcoords="offset points")
+    ax.plot([], [], "*", color="gold", ms=12, mec="k", label=f"aligned (switch F1 ≥ {aligned_f1})")
+    ax.set_yscale("log")
+    ax.set(xlabel="held-out action NLL (distortion)", ylabel=f"KL per step (rate; floor {floor:g})",
+           title="metacontroller rate–distortion over α")
+    ax.legend(fontsize=8)
+    fig.savefig(path, dpi=120, bbox_inches="tight")
+    plt.close(fig)
 
 
 def _load_weights(module, path, device):
