@@ -46,13 +46,13 @@ meta = Metacontroller(cfg, base.cfg.width)
 with torch.no_grad():
     meta.switch_unit[-1].bias.fill_(a.switch_bias)
 if a.hard:
-    soft_gate = meta.gate
+    soft_gate = meta.gate_from_logit
 
-    def hard_gate(*args, **kw):
-        beta = soft_gate(*args, **kw)
+    def hard_gate(logit, generator=None):
+        beta = soft_gate(logit, generator)
         return beta + ((beta > 0.5).float() - beta).detach()
 
-    meta.gate = hard_gate
+    meta.gate_from_logit = hard_gate
 opt = torch.optim.AdamW(meta.parameters(), lr=a.lr, weight_decay=cfg.weight_decay)
 gen = torch.Generator().manual_seed(0)
 t0 = time.time()

@@ -169,6 +169,11 @@ class Metacontroller(HyperDecoder, nn.Module):
         if first or self.cfg.switch == "always":
             return torch.ones(residual_t.shape[0], device=residual_t.device)
         logit = self.switch_unit(torch.cat([residual_t, h_prev, z_prev], -1))[:, 0]
+        return self.gate_from_logit(logit, generator)
+
+    def gate_from_logit(self, logit: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+        """β from the switch unit's logit: a sigmoid, with logistic noise and a temperature for
+        switch='gumbel' while training."""
         if self.cfg.switch == "gumbel" and self.training:
             u = torch.rand(logit.shape, generator=generator, device=logit.device).clamp(1e-6, 1 - 1e-6)
             logit = (logit + torch.log(u) - torch.log1p(-u)) / self.cfg.gumbel_temperature
@@ -184,20 +189,32 @@ class Metacontroller(HyperDecoder, nn.Module):
         s = self.sequence_embedding(residual, mask) if sequence is None else sequence
         if noise is None:
             noise = torch.randn(b, t, nz, generator=generator, device=residual.device)
+        # Only the switch and the integration depend on the previous code; the history GRU reads
+        # e alone, the encoder (e_t, h_{t-1}, s), so both run ahead over every step (the same
+        # numbers as step by step, which the internal-RL parity test checks, at half the cost).
         h = residual.new_zeros(b, self.cfg.history_dim)
-        z = residual.new_zeros(b, nz)
-        gates, codes, means, log_stds = [], [], [], []
+        h_prev = []
         for i in range(t):
-            e = residual[:, i]
-            mu, log_std = self.encoder(torch.cat([e, h, s], -1)).chunk(2, -1)
-            log_std = log_std.clamp(-8, 4)
-            proposal = mu + log_std.exp() * noise[:, i]
-            beta = self.gate(e, h, z, first=(i == 0), generator=generator)
-            z = beta[:, None] * proposal + (1 - beta[:, None]) * z
-            h = self.history(e, h)
-            gates.append(beta), codes.append(z), means.append(mu), log_stds.append(log_std)
+            h_prev.append(h)
+            h = self.history(residual[:, i], h)
+        h_prev = torch.stack(h_prev, 1)
+        mean, log_std = self.encoder(torch.cat([residual, h_prev, s[:, None].expand(b, t, -1)], -1)).chunk(2, -1)
+        log_std = log_std.clamp(-8, 4)
+        proposals = mean + log_std.exp() * noise
+        first_layer = self.switch_unit[0]  # its (e, h) columns for every step at once, the z columns per step
+        w_eh, w_z = first_layer.weight.split([first_layer.in_features - nz, nz], 1)
+        switch_pre = F.linear(torch.cat([residual, h_prev], -1), w_eh, first_layer.bias)
+        z = residual.new_zeros(b, nz)
+        gates, codes = [], []
+        for i in range(t):
+            if i == 0 or self.cfg.switch == "always":
+                beta = residual.new_ones(b)
+            else:
+                logit = self.switch_unit[2](F.relu(switch_pre[:, i] + F.linear(z, w_z)))[:, 0]
+                beta = self.gate_from_logit(logit, generator)
+            z = beta[:, None] * proposals[:, i] + (1 - beta[:, None]) * z
+            gates.append(beta), codes.append(z)
         gates, codes = torch.stack(gates, 1), torch.stack(codes, 1)
-        mean, log_std = torch.stack(means, 1), torch.stack(log_stds, 1)
         kl = 0.5 * (mean.pow(2) + (2 * log_std).exp() - 1 - 2 * log_std).sum(-1)
         return MetaOutput(self.control(residual, codes), gates, codes, mean, log_std, kl)
 
