@@ -66,6 +66,23 @@ def test_codes_are_held_between_decisions(setup):
     assert (roll.log_probs[~roll.decisions] == 0).all()
 
 
+def test_codes_chosen_as_the_episodes_go_reach_the_controller(setup):
+    base, meta, _ = setup
+    env = BatchedGridPinpad(8, parse_task_set("0-1-2-3", 8), SPEC, seed=1)
+    seen = []
+
+    def by_subgoal(t, e):  # a code that spells each environment's current subgoal
+        seen.append(t)
+        return torch.as_tensor(e.subgoal(), dtype=torch.float32)[:, None].repeat(1, 8)
+
+    roll = rollout_internal(base, meta, None, env, LAYER, seed=0, device="cpu", codes=by_subgoal)
+    assert seen[0] == 0 and seen == sorted(seen)
+    first = roll.codes[:, 0]
+    assert torch.equal(first, torch.zeros_like(first))  # every episode starts in subgoal A (0)
+    later = roll.codes[roll.decisions]
+    assert set(later[:, 0].tolist()) <= {0.0, 1.0}  # only the subgoals this task passes through
+
+
 def test_policy_starts_at_the_prior_and_steps_equal_sequence():
     policy = RecurrentCodePolicy(16, 8, hidden=32)
     e = torch.randn(3, 7, 16)

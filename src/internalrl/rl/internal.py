@@ -11,6 +11,7 @@ training. The reward is summed over the raw steps of a decision (with reward onl
 of an episode, each trajectory's return is its success)."""
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
@@ -34,10 +35,13 @@ class InternalRollout:
 
 @torch.no_grad()
 def rollout_internal(base: SequenceModel, meta: Metacontroller, policy: RecurrentCodePolicy | None,
-                     env: BatchedGridPinpad, layer: int, seed: int, device, *, codes: torch.Tensor | None = None,
+                     env: BatchedGridPinpad, layer: int, seed: int, device, *,
+                     codes: torch.Tensor | Callable[[int, BatchedGridPinpad], torch.Tensor] | None = None,
                      actions: torch.Tensor | None = None, threshold: float = 0.5) -> InternalRollout:
     """Roll out N episodes in lock-step. ``codes`` (N, T, n_z) replaces the policy's samples
-    and ``actions`` (N, T) the sampled raw actions (for replaying a recorded trajectory)."""
+    and ``actions`` (N, T) the sampled raw actions (for replaying a recorded trajectory).
+    ``codes`` may also be a function ``(t, env) -> (N, n_z)`` choosing the codes as the
+    episodes go (e.g. an oracle that knows each environment's subgoal)."""
     n, horizon = env.num_envs, env.spec.horizon
     gen = torch.Generator(device=device).manual_seed(seed)
     nz = meta.cfg.code_dim
@@ -61,7 +65,7 @@ def rollout_internal(base: SequenceModel, meta: Metacontroller, policy: Recurren
         beta = meta.gate(e, h, z, first=(t == 0))
         fire = (beta > threshold) & live
         if codes is not None:
-            proposal = codes[:, t]
+            proposal = codes(t, env) if callable(codes) else codes[:, t]
         else:
             mean, log_std, pol_state = policy(e[:, None], pol_state)
             mean, log_std = mean[:, 0], log_std[:, 0]
