@@ -190,8 +190,8 @@ class Metacontroller(HyperDecoder, nn.Module):
         if noise is None:
             noise = torch.randn(b, t, nz, generator=generator, device=residual.device)
         # Only the switch and the integration depend on the previous code; the history GRU reads
-        # e alone, the encoder (e_t, h_{t-1}, s), so both run ahead over every step (the same
-        # numbers as step by step, which the internal-RL parity test checks, at half the cost).
+        # e alone, the encoder (e_t, h_{t-1}, s), so both run ahead over every step and the loop
+        # below does less per step (the same numbers as step by step: the internal-RL parity test).
         h = residual.new_zeros(b, self.cfg.history_dim)
         h_prev = []
         for i in range(t):

@@ -339,8 +339,9 @@ def alpha_sweep(cfg: Config, run: RunDir, alphas=PAPER_ALPHAS, cotrained: bool =
             done_path.write_text(json.dumps(points, indent=2))
             _log(f"{stage}: {label} alpha={alpha}: NLL {point['action_nll']:.3f}, KL {point['kl']:.3f}, F1 {point['f1']:.3f}")
     plot_rate_distortion(points, work / "rate_distortion.png", aligned_f1)
+    points = sorted(points, key=lambda p: (p["variant"] != "frozen", p["alpha"]))  # the headline lists follow α
     aligned = sorted(p["alpha"] for p in points if p["variant"] == "frozen" and p["f1"] >= aligned_f1)
-    headline = {"alphas": list(alphas), "aligned_alphas_frozen": aligned,
+    headline = {"alphas": sorted(alphas), "aligned_alphas_frozen": aligned,
                 "aligned_alphas_cotrained": sorted(p["alpha"] for p in points if p["variant"] == "cotrained" and p["f1"] >= aligned_f1),
                 "f1_frozen": [p["f1"] for p in points if p["variant"] == "frozen"],
                 "f1_cotrained": [p["f1"] for p in points if p["variant"] == "cotrained"]}
