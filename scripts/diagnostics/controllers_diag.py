@@ -56,8 +56,11 @@ def nll(b, lab):
 def rollout(tasks, n=1024, seed=5):
     env = BatchedGridPinpad(n, tasks, spec, seed=seed)
     per_task = (lambda e: e.task_index.astype(np.int64)) if a.per_task else None
-    r = rollout_with_controllers(model, ctl, a.layer, env, seed, "cpu", labels=per_task)
-    return round(r["success_rate"], 3), r["progress_counts"], r
+    return rollout_with_controllers(model, ctl, a.layer, env, seed, "cpu", labels=per_task)
+
+
+def summary(r):
+    return round(r["success_rate"], 3), r["progress_counts"]
 
 
 vidx = va[:1024]
@@ -80,9 +83,9 @@ for s in range(a.steps):
     if (s + 1) % max(1, a.steps // 5) == 0:
         with torch.no_grad():
             v = float(nll(vb, vl))
-        line = f"{s + 1} train {loss.item():.4f} val {v:.4f} pretrain {rollout(pre)[:2]}"
+        line = f"{s + 1} train {loss.item():.4f} val {v:.4f} pretrain {summary(rollout(pre))}"
         if not a.per_task:
-            line += f" post-training {rollout(post)[:2]}"
+            line += f" post-training {summary(rollout(post))}"
         print(line, f"t {time.time() - t0:.0f}s", flush=True)
 
 factor = ctl.a if ctl.rank is not None else ctl.u  # U = A Bᵀ (or U) is linear in this factor
@@ -90,9 +93,8 @@ trained = factor.detach().clone()
 for k in [float(x) for x in a.scales.split(",") if x]:
     with torch.no_grad():
         factor.copy_(trained * k)
-    pre_rate, pre_counts, _ = rollout(pre)
-    post_rate, post_counts, r = rollout(post)
-    print(f"U x {k:g}: pretraining {pre_rate} {pre_counts} | post-training {post_rate} {post_counts}", flush=True)
+    r = rollout(post)
+    print(f"U x {k:g}: pretraining {summary(rollout(pre))} | post-training {summary(r)}", flush=True)
     for p, (row, timeouts) in enumerate(zip(r["wrong_colour_counts"], r["timeout_counts"])):
         if sum(row) + timeouts >= 0.05 * r["episodes"]:
             print(f"    post-training episodes ended after {p} colours: wrong colour {row}, timeouts {timeouts}")
