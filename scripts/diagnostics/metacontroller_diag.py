@@ -2,11 +2,11 @@
 
     python scripts/diagnostics/metacontroller_diag.py RUN_DIR [--steps 1500] [--alpha 0.17]
         [--free 0] [--warmup 0] [--switch sigmoid|gumbel] [--hard] [--lr 1e-3] [--layer 2]
-        [--switch-bias 0]
+        [--switch-bias 0] [--evals 6]
 
 The quick preset's metacontroller (batch 64) at layer --layer, with α = 0 for --free steps, then
-ramped over --warmup steps. --hard hardens β at 0.5 in the forward pass with the sigmoid's
-gradient (straight-through), as the switch acts in internal RL. Six times during training it
+ramped over --warmup steps, at a constant lr. --hard hardens β at 0.5 in the forward pass with the sigmoid's
+gradient (straight-through), as the switch acts in internal RL. --evals times during training it
 prints the training NLL and KL, and on 512 held-out episodes: action NLL, KL per step, switch
 F1 / precision / recall against subgoal changes (β hardened at 0.5, ±1 step), switches per
 episode and the fraction of β in (0.1, 0.9). Used for the README's metacontroller diagnostics.
@@ -33,6 +33,7 @@ p.add_argument("--hard", action="store_true", help="straight-through hardened β
 p.add_argument("--lr", type=float, default=1e-3)
 p.add_argument("--batch", type=int, default=64)
 p.add_argument("--layer", type=int, default=2)
+p.add_argument("--evals", type=int, default=6, help="how many times to score on held-out episodes")
 p.add_argument("--switch-bias", type=float, default=0.0, help="initial bias of the switch unit's logit")
 a = p.parse_args()
 data = load_trajectories(f"{a.run}/data")
@@ -63,7 +64,7 @@ for step in range(a.steps):
     res["loss"].backward()
     torch.nn.utils.clip_grad_norm_(meta.parameters(), 1.0)
     opt.step()
-    if (step + 1) % max(1, a.steps // 6) == 0:
+    if (step + 1) % max(1, a.steps // a.evals) == 0:
         ev = evaluate_metacontroller(base, meta, data, val_idx[:512], a.layer, "cpu")
         meta.train()
         print(f"{step + 1} train nll {res['action_nll']:.4f} kl {res['kl']:.4f} | held-out nll {ev['action_nll']:.4f} "
@@ -85,3 +86,8 @@ print(f"mean beta at subgoal changes {gates[change].mean():.3f}, elsewhere after
 best = max(((float(switch_metrics((gates > th).float(), sub, mask)["f1"] or 0.0), th)
             for th in (0.05, 0.1, 0.15, 0.2, 0.25, 0.3, 0.35, 0.4, 0.45, 0.5)))
 print(f"best F1 over thresholds 0.05..0.5: {best[0]:.3f} at beta > {best[1]}")
+fires = (gates > 0.5) & later
+print("switch rate by step 1..8 (first step excluded):", " ".join(f"{float(fires[:, i].float().sum() / mask[:, i].sum()):.2f}"
+                                                                 for i in range(1, 9)))
+print("share of switches at a subgoal change (±1):",
+      f"{float((fires & (change | change.roll(1, 1) | change.roll(-1, 1))).sum() / fires.sum().clamp(min=1)):.2f}")

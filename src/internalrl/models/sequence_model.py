@@ -65,11 +65,23 @@ class ModelConfig:
                              f"a multiple of grid_size² ({self.grid_size}² = {self.grid_size ** 2})")
 
 
-@dataclass
 class HeadOutput:
-    action: torch.Tensor  # (B, T, A): logits (categorical) or mean (gaussian)
-    next_obs: torch.Tensor  # (B, T, D): logits (bernoulli) or mean (gaussian)
-    action_log_std: torch.Tensor | None = None  # (A,) for a gaussian action head
+    """The heads at every step: ``action`` (B, T, A) logits (categorical) or mean (gaussian),
+    ``action_log_std`` (A,) for a gaussian action head, and ``next_obs`` (B, T, D) logits
+    (bernoulli) or mean (gaussian). The next-observation head, the widest layer of a small
+    model, runs only when ``next_obs`` is first read: acting, control and the metacontroller
+    need the action head alone."""
+
+    def __init__(self, action: torch.Tensor, features: torch.Tensor, obs_head: nn.Module,
+                 action_log_std: torch.Tensor | None = None) -> None:
+        self.action, self.action_log_std = action, action_log_std
+        self._features, self._obs_head, self._next_obs = features, obs_head, None
+
+    @property
+    def next_obs(self) -> torch.Tensor:
+        if self._next_obs is None:
+            self._next_obs = self._obs_head(self._features)
+        return self._next_obs
 
 
 @dataclass
@@ -223,7 +235,7 @@ class SequenceModel(nn.Module):
 
     def heads(self, x: torch.Tensor) -> HeadOutput:
         h = self.final_norm(x)
-        return HeadOutput(self.action_head(h), self.obs_head(h), self.action_log_std)
+        return HeadOutput(self.action_head(h), h, self.obs_head, self.action_log_std)
 
     def forward(self, obs: torch.Tensor, layer: int | None = None, intervention: Intervention | None = None,
                 state: ModelState | None = None) -> HeadOutput:
