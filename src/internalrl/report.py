@@ -238,12 +238,15 @@ def section_metacontroller(root: Path, figs: Path) -> str:
     labels = ("frozen", "cotrained")
     examples = {k: np.load(root / "metacontroller" / f"{k}_examples.npz", allow_pickle=False) for k in labels}
     cols = min(4, len(examples["frozen"]["gates"]))
-    fig, axes = plt.subplots(len(labels), cols, figsize=(3.5 * cols, 2.2 * len(labels)), sharey=True, squeeze=False)
+    fig, axes = plt.subplots(len(labels), cols, figsize=(3.5 * cols, 2.4 * len(labels)), sharey=True, squeeze=False,
+                             layout="constrained")
     for r, label in enumerate(labels):
         ex = examples[label]
         for c in range(cols):
             beta_plot(axes[r, c], ex["gates"][c], ex["subgoals"][c], ex["mask"][c], f"{label}: held-out episode {c}")
         axes[r, 0].set_ylabel("switch gate β")
+    for c in range(cols):
+        axes[-1, c].set_xlabel("step")
     html_ = _img(_png(fig, figs / "metacontroller_beta.png"),
                  "Switch gate β over time (background: ground-truth subgoal). Top: base model frozen; bottom: co-trained.")
     table = {k: v for k, v in m["headline"].items()}
