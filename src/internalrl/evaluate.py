@@ -11,6 +11,7 @@ import torch
 
 from .envs.gridworld import BatchedGridPinpad, GridSpec
 from .envs.tasks import Task, task_str
+from .live import LiveRows
 from .models.sequence_model import SequenceModel
 
 
@@ -25,9 +26,13 @@ def rollout_base_model(model: SequenceModel, env: BatchedGridPinpad, *, free_pla
     paths = [env.agent[:record].copy()]
     visits: list[list[int]] = [[] for _ in range(env.num_envs)]
     failed_at = np.full(env.num_envs, -1)  # progress (colours done) when a wrong colour ended it
+    rows = LiveRows(env.num_envs, device)
     for _ in range(env.spec.horizon):
-        action = model.act(torch.as_tensor(obs, device=device), state, gen, temperature)
-        obs, _, _, _, info = env.step(action.cpu().numpy())
+        keep = rows.shrink(env)
+        if keep is not None:
+            state.select_(keep)
+        action = model.act(torch.as_tensor(obs, device=device)[rows.idx], state, gen, temperature)
+        obs, _, _, _, info = env.step(rows.actions(action))
         failed_at = np.where(info["failure"], env.progress, failed_at)
         paths.append(env.agent[:record].copy())
         for i in np.flatnonzero(info["visited"] >= 0):

@@ -11,6 +11,7 @@ from tqdm.auto import tqdm
 from ..controller import SubgoalControllers
 from ..data import Trajectories, batch_indices, make_batch
 from ..envs.gridworld import BatchedGridPinpad
+from ..live import LiveRows
 from ..models.sequence_model import SequenceModel
 from ..train import lr_at
 
@@ -81,12 +82,16 @@ def rollout_with_controllers(model: SequenceModel, ctl: SubgoalControllers | Non
     obs = env.reset()
     state = model.initial_state(env.num_envs, device)
     wrong = np.full(env.num_envs, -1)  # the colour whose visit ended a failed episode
+    rows = LiveRows(env.num_envs, device)
     for _ in range(env.spec.horizon):
-        residual = model.lower(torch.as_tensor(obs, device=device)[:, None], layer, state)
+        keep = rows.shrink(env)
+        if keep is not None:
+            state.select_(keep)
+        residual = model.lower(torch.as_tensor(obs, device=device)[rows.idx, None], layer, state)
         if ctl is not None:
-            residual = ctl(residual, torch.as_tensor(labels(env), device=device)[:, None])
+            residual = ctl(residual, torch.as_tensor(labels(env), device=device)[rows.idx, None])
         action = model.sample_action(model.upper(residual, layer, state), gen)
-        obs, _, _, _, info = env.step(action.cpu().numpy())
+        obs, _, _, _, info = env.step(rows.actions(action))
         wrong = np.where(info["failure"], info["visited"], wrong)
         if env.done.all():
             break

@@ -94,6 +94,11 @@ class ModelState:
     def position(self) -> int:
         return self.caches[-1].length if self.caches else 0
 
+    def select_(self, rows: torch.Tensor) -> None:
+        """Keep only the batch rows ``rows`` of every cache (see :class:`internalrl.live.LiveRows`)."""
+        for cache in self.caches:
+            cache.select_(rows)
+
 
 #: An intervention rewrites the residual stream between lower and upper: (B, T, W) -> (B, T, W).
 Intervention = Callable[[torch.Tensor], torch.Tensor]

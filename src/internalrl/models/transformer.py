@@ -29,6 +29,10 @@ class KVCache:
         self.v = torch.zeros_like(self.k)
         self.length = 0
 
+    def select_(self, rows: torch.Tensor) -> None:
+        """Keep only the batch rows ``rows`` (an index tensor), in that order."""
+        self.k, self.v = self.k[rows], self.v[rows]
+
     def append(self, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         n = k.shape[2]
         if self.length + n > self.k.shape[2]:

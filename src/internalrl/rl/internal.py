@@ -17,6 +17,7 @@ from dataclasses import dataclass
 import torch
 
 from ..envs.gridworld import BatchedGridPinpad
+from ..live import LiveRows
 from ..metacontroller import Metacontroller
 from ..models.sequence_model import SequenceModel
 from .policy import RecurrentCodePolicy
@@ -46,6 +47,7 @@ def rollout_internal(base: SequenceModel, meta: Metacontroller, policy: Recurren
     gen = torch.Generator(device=device).manual_seed(seed)
     nz = meta.cfg.code_dim
     obs = env.reset() if actions is None else env.observation()
+    rows = LiveRows(n, device)  # the environments still computed; finished ones are dropped as they pile up
     state = base.initial_state(n, device)
     h = torch.zeros(n, meta.cfg.history_dim, device=device)
     z = torch.zeros(n, nz, device=device)
@@ -60,26 +62,32 @@ def rollout_internal(base: SequenceModel, meta: Metacontroller, policy: Recurren
         action_log_probs=torch.zeros(n, horizon, device=device),
     )
     for t in range(horizon):
-        live = torch.as_tensor(~env.done, device=device)
-        e = base.lower(torch.as_tensor(obs, device=device)[:, None], layer, state)[:, 0]  # (N, W)
+        keep = rows.shrink(env)
+        if keep is not None:
+            state.select_(keep)
+            h, z = h[keep], z[keep]
+            pol_state = pol_state[:, keep] if pol_state is not None else None
+        idx, live = rows.idx, rows.live(env)
+        e = base.lower(torch.as_tensor(obs, device=device)[idx, None], layer, state)[:, 0]  # (rows, W)
         beta = meta.gate(e, h, z, first=(t == 0))
         fire = (beta > threshold) & live
         if codes is not None:
-            proposal = codes(t, env) if callable(codes) else codes[:, t]
+            proposal = (codes(t, env) if callable(codes) else codes[:, t])[idx]
         else:
             mean, log_std, pol_state = policy(e[:, None], pol_state)
             mean, log_std = mean[:, 0], log_std[:, 0]
             proposal = mean + log_std.exp() * torch.randn(mean.shape, generator=gen, device=device)
-            out.log_probs[:, t] = torch.where(fire, policy.log_prob(mean, log_std, proposal), 0.0)
+            out.log_probs[idx, t] = torch.where(fire, policy.log_prob(mean, log_std, proposal), 0.0)
         z = torch.where(fire[:, None], proposal, z)
-        out.residuals[:, t], out.decisions[:, t], out.codes[:, t] = e, fire, torch.where(fire[:, None], proposal, 0.0)
+        out.residuals[idx, t], out.decisions[idx, t] = e, fire
+        out.codes[idx, t] = torch.where(fire[:, None], proposal, 0.0)
         heads = base.upper(meta.control(e, z)[:, None], layer, state)
-        a = base.sample_action(heads, gen) if actions is None else actions[:, t]
-        out.action_log_probs[:, t] = torch.where(live, base.action_log_prob(heads, a[:, None])[:, 0], 0.0)
+        a = base.sample_action(heads, gen) if actions is None else actions[idx, t]
+        out.action_log_probs[idx, t] = torch.where(live, base.action_log_prob(heads, a[:, None])[:, 0], 0.0)
         h = meta.history(e, h)
-        obs, reward, *_ = env.step(a.cpu().numpy())
+        out.lengths[idx] += live.long()
+        obs, reward, *_ = env.step(rows.actions(a))
         out.returns += torch.as_tensor(reward, device=device)
-        out.lengths += live.long()
         if env.done.all():
             break
     return out

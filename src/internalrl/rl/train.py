@@ -21,6 +21,7 @@ from tqdm.auto import tqdm
 from ..data import grid_observations
 from ..envs.gridworld import BatchedGridPinpad, GridSpec
 from ..envs.tasks import Task
+from ..live import LiveRows
 from ..metacontroller import Metacontroller
 from ..models.sequence_model import SequenceModel
 from .internal import rollout_internal
@@ -102,13 +103,18 @@ def rollout_raw(model: SequenceModel, env: BatchedGridPinpad, seed: int, device)
     actions = torch.zeros(env.num_envs, horizon, dtype=torch.long)
     logp = torch.zeros(env.num_envs, horizon)
     lengths = torch.zeros(env.num_envs, dtype=torch.long)
+    rows = LiveRows(env.num_envs, device)
     for t in range(horizon):
+        keep = rows.shrink(env)
+        if keep is not None:
+            state.select_(keep)
         live = torch.as_tensor(~env.done)
-        out = model(torch.as_tensor(obs, device=device)[:, None], state=state)
+        idx = rows.idx.cpu()
+        out = model(torch.as_tensor(obs, device=device)[rows.idx, None], state=state)
         a = model.sample_action(out, gen)
-        logp[:, t] = model.action_log_prob(out, a[:, None])[:, 0].cpu()
-        actions[:, t] = a.cpu()
-        obs, *_ = env.step(a.cpu().numpy())
+        logp[idx, t] = model.action_log_prob(out, a[:, None])[:, 0].cpu()
+        actions[idx, t] = a.cpu()
+        obs, *_ = env.step(rows.actions(a))
         agent[:, t + 1] = torch.as_tensor(env.agent)
         lengths += live.long()
         if env.done.all():
