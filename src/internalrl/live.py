@@ -6,8 +6,10 @@ average, but one that wanders runs to the horizon (100). Running the model on ev
 then wastes most of the work. :class:`LiveRows` holds the environments whose rows are still
 computed; once fewer than half of those are live, :meth:`LiveRows.shrink` drops the finished
 ones, and the caller cuts its model state and per-row tensors to the same rows. Every row's
-numbers stay those of the full-batch computation (up to float rounding of a smaller matrix
-product); environments that are done are never stepped anyway.
+computation stays that of the full batch (up to float rounding of a smaller matrix product;
+a test replays recorded episodes both ways), and environments that are done are never stepped
+anyway. What changes is which random numbers a sampled action or code draws, since the
+generator fills a smaller batch.
 """
 from __future__ import annotations
 
@@ -40,6 +42,7 @@ class LiveRows:
     def actions(self, rows_actions: torch.Tensor) -> np.ndarray:
         """Actions for every environment from those of the computed rows (finished
         environments ignore theirs)."""
-        full = np.zeros((self.num_envs, *rows_actions.shape[1:]), dtype=rows_actions.cpu().numpy().dtype)
-        full[self.idx.cpu().numpy()] = rows_actions.cpu().numpy()
+        rows_actions = rows_actions.cpu().numpy()
+        full = np.zeros((self.num_envs, *rows_actions.shape[1:]), dtype=rows_actions.dtype)
+        full[self.idx.cpu().numpy()] = rows_actions
         return full
