@@ -24,26 +24,18 @@ import argparse
 import numpy as np
 import torch
 
-from internalrl.config import load_config
-from internalrl.data import load_trajectories, make_batch
+from finished_run import add_run_arguments, load_run
+from internalrl.data import make_batch
 from internalrl.envs.tasks import parse_task_set
-from internalrl.stages import _load_meta
-from internalrl.train import load_model
 
 p = argparse.ArgumentParser()
-p.add_argument("run")
-p.add_argument("--stage", default="metacontroller")
+add_run_arguments(p)
 p.add_argument("--episodes", type=int, default=4000)
-p.add_argument("--set", action="append", default=[])
 a = p.parse_args()
-cfg = load_config("quick", a.set)
+cfg, base, meta, data, val_idx = load_run(a)
 spec = cfg.env.spec()
 layer = cfg.meta_layer()
-base = load_model(f"{a.run}/base_model")
-meta = _load_meta(f"{a.run}/{a.stage}/frozen.safetensors", cfg.metacontroller, base.cfg.width, "cpu")
-data = load_trajectories(f"{a.run}/data")
 tasks = parse_task_set(cfg.env.pretrain_tasks, spec.num_objects)
-_, val_idx = data.split(cfg.data.val_fraction)
 val_idx = val_idx[: a.episodes]
 
 # successors of each subgoal in the pretraining tasks
@@ -98,6 +90,7 @@ def probe(x: torch.Tensor, y: np.ndarray, seed: int = 0) -> tuple[float, float]:
     tr, te = perm[:cut], perm[cut:]
     mu, sd = x[tr].mean(0), x[tr].std(0) + 1e-6
     xs = (x - mu) / sd
+    torch.manual_seed(seed)  # the probe's initial weights, so reruns print the same numbers
     lin = torch.nn.Linear(x.shape[1], classes)
     opt = torch.optim.Adam(lin.parameters(), lr=0.05)
     for _ in range(300):

@@ -17,28 +17,20 @@ import argparse
 import numpy as np
 import torch
 
-from internalrl.config import load_config
-from internalrl.data import load_trajectories, make_batch
+from finished_run import add_run_arguments, load_run
+from internalrl.data import make_batch
 from internalrl.envs.gridworld import BatchedGridPinpad
 from internalrl.envs.tasks import parse_task_set
 from internalrl.rl.internal import rollout_internal
-from internalrl.stages import _load_meta
-from internalrl.train import load_model
 
 p = argparse.ArgumentParser()
-p.add_argument("run")
-p.add_argument("--stage", default="metacontroller")
+add_run_arguments(p)
 p.add_argument("--episodes", type=int, default=1024)
 p.add_argument("--tasks", default="grid-pretrain,0-1-2-3,0-1-2-3-4-5-6-7-0-1-2-3")
-p.add_argument("--set", action="append", default=[])
 a = p.parse_args()
-cfg = load_config("quick", a.set)
+cfg, base, meta, data, val_idx = load_run(a)
 spec = cfg.env.spec()
 layer = cfg.meta_layer()
-base = load_model(f"{a.run}/base_model")
-meta = _load_meta(f"{a.run}/{a.stage}/frozen.safetensors", cfg.metacontroller, base.cfg.width, "cpu")
-data = load_trajectories(f"{a.run}/data")
-_, val_idx = data.split(cfg.data.val_fraction)
 batch = make_batch(data, val_idx[:1000])
 with torch.no_grad():
     residual = base.lower(batch.obs[:, :-1], layer)
