@@ -176,6 +176,12 @@ def test_sparse_egocentric_embedding_equals_dense_linear_of_the_window():
     dense = emb.linear(emb.window(obs))
     assert torch.allclose(emb(obs), dense, atol=1e-5)
     assert torch.allclose(emb(obs[None]), dense[None], atol=1e-5)  # leading dims
+    # an identity missing from the grid (e.g. fewer walls) and an all-zero padding step
+    odd = obs.clone().view(50, 49, 13)
+    odd[0, :, 3] = 0
+    odd[1] = 0
+    odd = odd.view(50, 637)
+    assert torch.allclose(emb(odd), emb.linear(emb.window(odd)), atol=1e-5)
     # gradients reach the same columns as the dense product
     emb(obs).sum().backward()
     g_sparse = emb.linear.weight.grad.clone()
