@@ -24,7 +24,7 @@ import argparse
 import numpy as np
 import torch
 
-from finished_run import add_run_arguments, load_run
+from finished_run import add_run_arguments, linear_probe, load_run
 from internalrl.data import make_batch
 from internalrl.envs.tasks import parse_task_set
 
@@ -82,26 +82,11 @@ print(f"{len(rows)} segments from {len(val_idx)} episodes; code norm {codes.norm
 
 
 def probe(x: torch.Tensor, y: np.ndarray, seed: int = 0) -> tuple[float, float]:
-    y = torch.as_tensor(y)
-    classes = int(y.max()) + 1
-    g = torch.Generator().manual_seed(seed)
-    perm = torch.randperm(len(y), generator=g)
-    cut = int(0.7 * len(y))
-    tr, te = perm[:cut], perm[cut:]
-    mu, sd = x[tr].mean(0), x[tr].std(0) + 1e-6
-    xs = (x - mu) / sd
-    torch.manual_seed(seed)  # the probe's initial weights, so reruns print the same numbers
-    lin = torch.nn.Linear(x.shape[1], classes)
-    opt = torch.optim.Adam(lin.parameters(), lr=0.05)
-    for _ in range(300):
-        loss = torch.nn.functional.cross_entropy(lin(xs[tr]), y[tr])
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-    with torch.no_grad():
-        acc = float((lin(xs[te]).argmax(1) == y[te]).float().mean())
-    majority = float(torch.bincount(y[te], minlength=classes).max()) / len(te)
-    return acc, majority
+    """Fit on a random 70% of the segments, score on the rest."""
+    perm = torch.randperm(len(y), generator=torch.Generator().manual_seed(seed))
+    test = np.zeros(len(y), dtype=bool)
+    test[perm[int(0.7 * len(y)):].numpy()] = True
+    return linear_probe(x, y, test, seed)
 
 
 for name, sel in (("first segment", rows[:, 0] == 0), ("later segments", rows[:, 0] > 0)):

@@ -1,5 +1,8 @@
 """What the diagnostics that read a finished run's metacontroller share: the command-line
 arguments naming the run, and loading its config, base model, frozen metacontroller and data."""
+import numpy as np
+import torch
+
 from internalrl.config import load_config
 from internalrl.data import load_trajectories
 from internalrl.stages import _load_meta
@@ -21,3 +24,27 @@ def load_run(args):
     data = load_trajectories(f"{args.run}/data")
     _, val_idx = data.split(cfg.data.val_fraction)
     return cfg, base, meta, data, val_idx
+
+
+def linear_probe(x: torch.Tensor, y: np.ndarray, test: np.ndarray, seed: int = 0) -> tuple[float, float]:
+    """A softmax regression from ``x`` (N, D) to the labels ``y`` (N,), fit (300 full-batch Adam
+    steps on standardised inputs) where ``test`` is False and scored where it is True.
+    Returns (accuracy, majority-class rate) on the test rows."""
+    y = torch.as_tensor(y)
+    test = torch.as_tensor(test)
+    tr, te = ~test, test
+    classes = int(y.max()) + 1
+    mu, sd = x[tr].mean(0), x[tr].std(0) + 1e-6
+    xs = (x - mu) / sd
+    torch.manual_seed(seed)  # the probe's initial weights, so reruns print the same numbers
+    lin = torch.nn.Linear(x.shape[1], classes)
+    opt = torch.optim.Adam(lin.parameters(), lr=0.05)
+    for _ in range(300):
+        loss = torch.nn.functional.cross_entropy(lin(xs[tr]), y[tr])
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    with torch.no_grad():
+        acc = float((lin(xs[te]).argmax(1) == y[te]).float().mean())
+    majority = float(torch.bincount(y[te], minlength=classes).max()) / int(te.sum())
+    return acc, majority
