@@ -267,8 +267,8 @@ class SequenceModel(nn.Module):
     def action_log_prob(self, out: HeadOutput, actions: torch.Tensor) -> torch.Tensor:
         """(B, T) log p(a_t | o_{1:t})."""
         if self.cfg.action_type == "categorical":
-            # log_softmax + gather: Categorical(logits).log_prob without its argument checks,
-            # which cost a tenth of a training step on CPU
+            # log_softmax + gather: Categorical(logits).log_prob without its argument checks
+            # (about a millisecond per training step on CPU)
             return F.log_softmax(out.action, -1).gather(-1, actions[..., None])[..., 0]
         return torch.distributions.Normal(out.action, out.action_log_std.exp()).log_prob(actions).sum(-1)
 
