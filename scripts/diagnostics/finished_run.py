@@ -16,13 +16,19 @@ def add_run_arguments(parser) -> None:
                         help="the overrides the run was made with (its metacontroller config)")
 
 
-def load_run(args):
-    """-> config, base model, frozen metacontroller, dataset, held-out episode indices."""
+def load_base_run(args):
+    """-> config, base model, dataset, held-out episode indices (no metacontroller needed)."""
     cfg = load_config("quick", args.set)
     base = load_model(f"{args.run}/base_model")
-    meta = _load_meta(f"{args.run}/{args.stage}/frozen.safetensors", cfg.metacontroller, base.cfg.width, "cpu")
     data = load_trajectories(f"{args.run}/data")
     _, val_idx = data.split(cfg.data.val_fraction)
+    return cfg, base, data, val_idx
+
+
+def load_run(args):
+    """-> config, base model, frozen metacontroller, dataset, held-out episode indices."""
+    cfg, base, data, val_idx = load_base_run(args)
+    meta = _load_meta(f"{args.run}/{args.stage}/frozen.safetensors", cfg.metacontroller, base.cfg.width, "cpu")
     return cfg, base, meta, data, val_idx
 
 

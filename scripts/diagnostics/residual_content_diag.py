@@ -18,19 +18,14 @@ import argparse
 import numpy as np
 import torch
 
-from finished_run import add_run_arguments, linear_probe
-from internalrl.config import load_config
-from internalrl.data import load_trajectories, make_batch
-from internalrl.train import load_model
+from finished_run import add_run_arguments, linear_probe, load_base_run
+from internalrl.data import make_batch
 
 p = argparse.ArgumentParser()
 add_run_arguments(p)
 p.add_argument("--episodes", type=int, default=1500)
 a = p.parse_args()
-cfg = load_config("quick", a.set)
-base = load_model(f"{a.run}/base_model")
-data = load_trajectories(f"{a.run}/data")
-_, val_idx = data.split(cfg.data.val_fraction)
+cfg, base, data, val_idx = load_base_run(a)
 idx = val_idx[: a.episodes]
 spec = cfg.env.spec()
 
@@ -62,6 +57,7 @@ with torch.no_grad():
                     first_done = True
 
 labels = np.array(labels)
+layers = [torch.as_tensor(np.array(x)) for x in layers]  # (steps, W) per layer, built once
 # split by episode, so the held-out steps come from held-out episodes
 episodes = np.unique(labels[:, 0])
 rng = np.random.default_rng(0)
@@ -71,6 +67,6 @@ print(f"{len(labels)} steps from {len(idx)} held-out episodes; layer 0 = the emb
 for name, col in (("subgoal", 1), ("target direction", 2), ("expert action", 3)):
     accs, maj = [], None
     for l in range(len(layers)):
-        acc, maj = linear_probe(torch.as_tensor(np.array(layers[l])), labels[:, col], test)
+        acc, maj = linear_probe(layers[l], labels[:, col], test)
         accs.append(acc)
     print(f"  {name:>16}: " + " ".join(f"{x:.3f}" for x in accs) + f"  (majority class {maj:.3f})")
