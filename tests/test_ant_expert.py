@@ -10,7 +10,7 @@ import torch  # noqa: E402
 from internalrl.envs.ant import AntSpec, BatchedAntPinpad, cell_centres  # noqa: E402
 from internalrl.experts.ant import (  # noqa: E402
     AntExpertConfig, AntExpertPolicy, MOVE_XY, _overrides, canonical_observation, expert_obs_dim, guidance,
-    load_ant_expert, quarter_turns, real_actions, save_policy,
+    load_ant_expert, quarter_turns, real_actions, save_policy, training_end,
 )
 
 
@@ -92,3 +92,18 @@ def test_config_overrides_are_typed():
     AntExpertConfig(**o)
     with pytest.raises(SystemExit):
         _overrides(["nope=1"])
+
+
+def test_training_ends_on_tip_over_and_height_limit():
+    env = BatchedAntPinpad(4, [(0, 1, 2)], AntSpec(), seed=0)
+    env.reset()
+    env.qpos[:, 2] = [0.6, 0.97, 0.6, 0.97]  # torso heights inside the environment's [0.2, 1.0]
+    env.qpos[1:3, 3:7] = [0.0, 1.0, 0.0, 0.0]  # rows 1 and 2 on their backs (quaternion w=0, x=1)
+    env.done[3] = True  # a finished row never ends again
+    assert training_end(env, AntExpertConfig()).tolist() == [False, True, True, False]
+    assert training_end(env, AntExpertConfig(height_limit=0.95)).tolist() == [False, True, True, False]
+    env.qpos[1:3, 3:7] = [1.0, 0.0, 0.0, 0.0]  # upright again
+    assert training_end(env, AntExpertConfig()).tolist() == [False, False, False, False]
+    assert training_end(env, AntExpertConfig(height_limit=0.95)).tolist() == [False, True, False, False]
+    with pytest.raises(ValueError, match="height_limit"):
+        AntExpertConfig(height_limit=0.7)

@@ -39,7 +39,9 @@ reached ~0.15 m/s within 0.2M steps.
 [choice] tip-over (``tip_limit = 0.3``): a *training* episode also ends, as a failure, when the
 z component of the torso's up axis (:func:`uprightness`) falls below 0.3. The environment only
 ends episodes on torso height, and without this PPO learned to flip onto its back within ~20
-steps and flail. Evaluation and data generation use the plain environment.
+steps and flail. Evaluation and data generation use the plain environment. Optionally
+(``height_limit``, off by default) a training episode also ends when the torso rises above a
+height below the environment's own limit of 1 m, so that the policy keeps a margin from it.
 
 [choice] reward details: the task reward is weighted ``success_bonus = 10``; each correct
 colour visited earns ``visit_bonus = 1``; a failure (wall, fall, wrong colour) costs
@@ -73,7 +75,7 @@ import torch
 import torch.nn as nn
 from tqdm.auto import tqdm
 
-from ..envs.ant import AntSpec, BatchedAntPinpad, cell_centres
+from ..envs.ant import START_HEIGHT, AntSpec, BatchedAntPinpad, cell_centres
 from ..envs.gridworld import UNREACHABLE
 from ..envs.tasks import ANT_POSTTRAIN_TASK, ANT_PRETRAIN_TASKS, Task, parse_task_set, task_str
 
@@ -344,6 +346,7 @@ class AntExpertConfig:
     waypoints: bool = True  # direction towards the next cell's centre (see guidance)
     symmetry: bool = True  # relabel the legs by quarter turns (see canonical_observation)
     tip_limit: float = 0.3  # training episodes end (as a failure) when uprightness() falls below this
+    height_limit: float = float("inf")  # training episodes end (as a failure) when the torso rises above this
     max_grad_norm: float = 0.5
     success_bonus: float = 10.0
     visit_bonus: float = 1.0
@@ -355,8 +358,17 @@ class AntExpertConfig:
         for name in ("total_steps", "num_envs", "num_steps", "horizon", "hidden", "update_epochs", "num_minibatches"):
             if getattr(self, name) < 1:
                 raise ValueError(f"AntExpertConfig.{name} must be at least 1, got {getattr(self, name)}")
+        if not self.height_limit > START_HEIGHT:
+            raise ValueError(f"AntExpertConfig.height_limit must be above the start height {START_HEIGHT}, "
+                             f"got {self.height_limit}")
         if not 0 < self.gamma <= 1 or not 0 <= self.gae_lambda <= 1:
             raise ValueError("AntExpertConfig.gamma must be in (0, 1] and gae_lambda in [0, 1]")
+
+
+def training_end(env: BatchedAntPinpad, cfg: AntExpertConfig) -> np.ndarray:
+    """(N,) the running training episodes that end early, as failures, although the environment
+    goes on: tipped over (``tip_limit``) or torso above ``height_limit``."""
+    return ~env.done & ((uprightness(env) < cfg.tip_limit) | (env.height > cfg.height_limit))
 
 
 def shaped_reward(env: BatchedAntPinpad, cfg: AntExpertConfig, xy_before: np.ndarray, d: np.ndarray,
@@ -433,7 +445,7 @@ def train_ant_expert(cfg: AntExpertConfig, out: str | Path, progress: bool = Tru
             a = real_actions(a, k)
             xy_before, d = env.xy.copy(), guide[2]
             obs, reward, term, trunc, info = env.step(a)
-            tipped = ~env.done & (uprightness(env) < cfg.tip_limit)  # training-only early end
+            tipped = training_end(env, cfg)
             if tipped.any():
                 info = {**info, "failure": info["failure"] | tipped}
                 term = term | tipped
