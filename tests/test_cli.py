@@ -30,6 +30,10 @@ def test_run_writes_results_and_report_then_skips_finished_stages(tmp_path, caps
     assert sorted(curve, key=int) == ["3", "6"] and curve["6"] == results["eval_base"]["free_play_completion"]
     for stage in ("data", "base_model", "eval_base"):
         assert json.loads((out / stage / "metrics.json").read_text())
+    meta = json.loads((out / "metacontroller" / "metrics.json").read_text())["frozen"]
+    # switch metrics while it trained (every step of 3 here), the last on the same held-out episodes as the final one
+    assert [r["step"] for r in meta["over_training"]] == [1, 2, 3]
+    assert meta["over_training"][-1]["f1"] == meta["f1"] and meta["over_training"][-1]["kl"] == meta["kl"]
     weights = (out / "base_model" / "model.safetensors").read_bytes()
     capsys.readouterr()
     assert main(["run", "--out", str(out), *TINY]) == 0
@@ -59,6 +63,35 @@ def test_killed_training_resumes_to_the_same_weights(tmp_path):
     (tmp_path / "bad" / "checkpoint.safetensors").write_bytes(b"junk")
     with pytest.raises(CheckpointError, match="delete"):
         train_base_model(cfg, data, tmp_path / "bad", progress=False)
+
+
+def test_monitoring_the_switch_leaves_the_trained_metacontroller_unchanged(tmp_path):
+    from internalrl.config import load_config
+    from internalrl.data import load_trajectories
+    from internalrl.metacontroller import train_metacontroller
+    from internalrl.train import train_base_model
+
+    out = tmp_path / "run"
+    assert main(["data", "--out", str(out), *TINY]) == 0
+    cfg = load_config("quick", [a for a in TINY if "=" in a])
+    data = load_trajectories(out / "data")
+    base, _ = train_base_model(cfg, data, tmp_path / "base", progress=False)
+    train_idx, val_idx = data.split(cfg.data.val_fraction)
+    calls = []
+
+    def monitor(m):
+        calls.append(m.training)
+        m.eval()
+        torch.randn(3)  # the global random stream may move: training must not depend on it
+        return {"x": 1.0}
+
+    runs = [train_metacontroller(base, data, train_idx, cfg.metacontroller, 1, 7, "cpu", progress=False,
+                                 monitor=mon, monitor_every=2) for mon in (None, monitor)]
+    assert calls == [True, True]  # after steps 2 and 3 (the last), each time back in training mode
+    assert runs[1][0].monitored == [{"step": 2, "x": 1.0}, {"step": 3, "x": 1.0}] and runs[0][0].monitored == []
+    assert runs[0][1] == runs[1][1]
+    for a, b in zip(runs[0][0].state_dict().values(), runs[1][0].state_dict().values()):
+        assert torch.equal(a, b)
 
 
 def test_bad_input_exits_nonzero_and_keeps_finished_artifacts(tmp_path, capsys):

@@ -266,9 +266,13 @@ def kl_weight(cfg: MetacontrollerConfig, step: int) -> float:
 
 
 def train_metacontroller(base, data, train_idx, cfg: MetacontrollerConfig, layer: int, seed: int, device,
-                         progress: bool = True, desc: str = "metacontroller"):
+                         progress: bool = True, desc: str = "metacontroller", monitor=None, monitor_every: int = 0):
     """Train on expert data with the base model frozen (or jointly, with ``cfg.cotrain``).
-    Returns the metacontroller and a curve of (step, action NLL, KL)."""
+    Returns the metacontroller and a curve of (step, action NLL, KL). With ``monitor`` (a
+    function of the metacontroller returning a dict of numbers, e.g. held-out switch metrics),
+    it is also called every ``monitor_every`` steps and after the last, and each call's
+    ``{"step": …, **monitor(meta)}`` is appended to ``meta.monitored``. Monitoring draws on no
+    random stream of the training, so the trained weights are the same with or without it."""
     from tqdm.auto import tqdm
 
     from .data import batch_indices, make_batch
@@ -286,7 +290,7 @@ def train_metacontroller(base, data, train_idx, cfg: MetacontrollerConfig, layer
     opt = torch.optim.AdamW(groups, weight_decay=cfg.weight_decay)
     gen = torch.Generator(device=device).manual_seed(seed)
     lengths = data.arrays["lengths"]
-    curve = []
+    curve, monitored = [], []
     for step in tqdm(range(cfg.steps), desc=desc, disable=not progress, leave=False):
         batch = make_batch(data, batch_indices(train_idx, cfg.batch_size, seed, step, lengths)).to(device)
         res = metacontroller_loss(base, meta, layer, batch, kl_weight(cfg, step), gen)
@@ -296,6 +300,11 @@ def train_metacontroller(base, data, train_idx, cfg: MetacontrollerConfig, layer
         opt.step()
         if step % 25 == 0 or step == cfg.steps - 1:
             curve.append((step, float(res["action_nll"].detach()), float(res["kl"].detach())))
+        if monitor is not None and ((monitor_every > 0 and (step + 1) % monitor_every == 0) or step == cfg.steps - 1):
+            monitored.append({"step": step + 1, **monitor(meta)})
+            meta.train()
+            base.train(cfg.cotrain)
+    meta.monitored = monitored
     for p in base.parameters():
         p.requires_grad_(False)
     return meta.eval(), curve

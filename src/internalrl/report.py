@@ -250,7 +250,40 @@ def section_metacontroller(root: Path, figs: Path) -> str:
     html_ = _img(_png(fig, figs / "metacontroller_beta.png"),
                  "Switch gate β over time (background: ground-truth subgoal). Top: base model frozen; bottom: co-trained.")
     table = {k: v for k, v in m["headline"].items()}
-    return "<h2>Metacontroller</h2>" + _table(table) + html_
+    return "<h2>Metacontroller</h2>" + _table(table) + html_ + _meta_over_training(m, figs)
+
+
+def _meta_over_training(m: dict, figs: Path) -> str:
+    """Training NLL and KL, and the held-out switch F1 as it trained (runs made before the
+    F1 was monitored have only the first)."""
+    from .stages import MONITOR_EPISODES
+
+    monitored = any(m.get(label, {}).get("over_training") for label in ("frozen", "cotrained"))
+    fig, axes = plt.subplots(1, 1 + monitored, figsize=(5.5 * (1 + monitored), 3.2), layout="constrained",
+                             squeeze=False)
+    axes = axes[0]
+    for label, style in (("frozen", "-"), ("cotrained", "--")):
+        if "curve" not in m.get(label, {}):
+            continue
+        c = np.array(m[label]["curve"])
+        axes[0].plot(c[:, 0], c[:, 1], style, color="C0", label=f"{label}: action NLL")
+        axes[0].plot(c[:, 0], c[:, 2], style, color="C1", label=f"{label}: KL")
+        mon = m[label].get("over_training") or []
+        if mon:
+            steps = [r["step"] for r in mon]
+            axes[1].plot(steps, [r["f1"] for r in mon], style + "o", color="C2", ms=3, label=f"{label}: switch F1")
+            axes[1].plot(steps, [r["fraction_beta_intermediate"] for r in mon], style, color="C3",
+                         label=f"{label}: β in (0.1, 0.9)")
+    axes[0].set(xlabel="metacontroller training step", ylabel="per step (training batch)", yscale="log",
+                title="loss terms (α = 0 for the first steps, so the KL is free)")
+    if monitored:
+        axes[1].set(xlabel="metacontroller training step", ylim=(-0.02, 1.02),
+                    title=f"held-out switch ({MONITOR_EPISODES} episodes)")
+    for ax in axes:
+        ax.legend(fontsize=7)
+    return _img(_png(fig, figs / "metacontroller_over_training.png"),
+                "While the metacontroller trains: the action NLL and KL of its training batches (left), and on held-out "
+                "episodes how well its switch matches the subgoal changes and how much of β is undecided (right).")
 
 
 def section_alpha_sweep(root: Path, figs: Path) -> str:

@@ -252,6 +252,10 @@ def _fmt(x) -> str:
     return "n/a" if x is None else f"{x:.3f}"
 
 
+MONITOR_POINTS = 20  # held-out switch metrics this many times while the metacontroller trains
+MONITOR_EPISODES = 256  # on this many held-out episodes (the final evaluation uses 1000)
+
+
 def _train_and_eval_meta(cfg: Config, run: RunDir, mc, label: str, progress: bool, save_to=None,
                          meta_seed: int = 0) -> dict:
     from .metacontroller import evaluate_metacontroller, train_metacontroller
@@ -262,11 +266,19 @@ def _train_and_eval_meta(cfg: Config, run: RunDir, mc, label: str, progress: boo
     train_idx, val_idx = data.split(cfg.data.val_fraction)
     layer = cfg.meta_layer()
     t0 = time.perf_counter()
+    keys = ("f1", "precision", "recall", "switches_per_episode", "fraction_beta_intermediate", "action_nll", "kl")
+
+    def monitor(m):  # the switch on held-out episodes while it trains: when does it appear?
+        r = evaluate_metacontroller(base, m, data, val_idx[:MONITOR_EPISODES], layer, device, seed=cfg.seed)
+        return {k: r[k] for k in keys}
+
     meta, curve = train_metacontroller(base, data, train_idx, mc, layer, cfg.seed + 3000 + 101 * meta_seed, device,
-                                       progress, desc=label)
+                                       progress, desc=label, monitor=monitor,
+                                       monitor_every=max(1, mc.steps // MONITOR_POINTS))
     res = evaluate_metacontroller(base, meta, data, val_idx[:1000], layer, device, seed=cfg.seed)
     res["train_seconds"] = time.perf_counter() - t0
     res["curve"] = curve
+    res["over_training"] = meta.monitored
     if save_to is not None:
         save_weights(meta, save_to / f"{label}.safetensors")
         if mc.cotrain:
@@ -298,8 +310,11 @@ def stage_metacontroller(cfg: Config, run: RunDir, progress: bool = True, meta_s
              f"NLL {res['action_nll']:.3f}, KL {res['kl']:.3f}")
     keys = ("f1", "precision", "recall", "switches_per_episode", "subgoals_per_episode", "fraction_beta_intermediate",
             "action_nll", "kl", "train_seconds")
+    aligned_at = next((r["step"] for r in results["frozen"]["over_training"] if r["f1"] >= 0.9), None)
+    _log(f"metacontroller (frozen): held-out switch F1 first >= 0.9 at step {aligned_at or 'never'} "
+         f"(checked every {max(1, cfg.metacontroller.steps // MONITOR_POINTS)} steps)")
     headline = {"layer": cfg.meta_layer(), "alpha": cfg.metacontroller.alpha,
-                **{f"{k}": results["frozen"][k] for k in keys},
+                **{f"{k}": results["frozen"][k] for k in keys}, "first_step_f1_0.9": aligned_at,
                 **{f"cotrained_{k}": results["cotrained"][k] for k in keys}, "seconds": time.perf_counter() - t0}
     return run.finish(stage, {"metacontroller": asdict(cfg.metacontroller), "seed": cfg.seed, "meta_seed": meta_seed},
                       {"headline": headline, **results})
