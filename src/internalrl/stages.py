@@ -272,13 +272,14 @@ def _train_and_eval_meta(cfg: Config, run: RunDir, mc, label: str, progress: boo
         r = evaluate_metacontroller(base, m, data, val_idx[:MONITOR_EPISODES], layer, device, seed=cfg.seed)
         return {k: r[k] for k in keys}
 
+    every = max(1, mc.steps // MONITOR_POINTS)
     meta, curve = train_metacontroller(base, data, train_idx, mc, layer, cfg.seed + 3000 + 101 * meta_seed, device,
-                                       progress, desc=label, monitor=monitor,
-                                       monitor_every=max(1, mc.steps // MONITOR_POINTS))
+                                       progress, desc=label, monitor=monitor, monitor_every=every)
     res = evaluate_metacontroller(base, meta, data, val_idx[:1000], layer, device, seed=cfg.seed)
     res["train_seconds"] = time.perf_counter() - t0
     res["curve"] = curve
     res["over_training"] = meta.monitored
+    res["monitor_every"] = every
     if save_to is not None:
         save_weights(meta, save_to / f"{label}.safetensors")
         if mc.cotrain:
@@ -312,7 +313,7 @@ def stage_metacontroller(cfg: Config, run: RunDir, progress: bool = True, meta_s
             "action_nll", "kl", "train_seconds")
     aligned_at = next((r["step"] for r in results["frozen"]["over_training"] if r["f1"] >= 0.9), None)
     _log(f"metacontroller (frozen): held-out switch F1 first >= 0.9 at step {aligned_at or 'never'} "
-         f"(checked every {max(1, cfg.metacontroller.steps // MONITOR_POINTS)} steps)")
+         f"(checked every {results['frozen']['monitor_every']} steps)")
     headline = {"layer": cfg.meta_layer(), "alpha": cfg.metacontroller.alpha,
                 **{f"{k}": results["frozen"][k] for k in keys}, "first_step_f1_0.9": aligned_at,
                 **{f"cotrained_{k}": results["cotrained"][k] for k in keys}, "seconds": time.perf_counter() - t0}
