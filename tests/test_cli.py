@@ -41,15 +41,20 @@ def test_run_writes_results_and_report_then_skips_finished_stages(tmp_path, caps
     assert (out / "base_model" / "model.safetensors").read_bytes() == weights
 
 
-def test_killed_training_resumes_to_the_same_weights(tmp_path):
+def _tiny_data(tmp_path):
+    """-> the TINY config and a freshly generated TINY dataset (through the `data` command)."""
     from internalrl.config import load_config
     from internalrl.data import load_trajectories
-    from internalrl.train import train_base_model
 
     out = tmp_path / "run"
     assert main(["data", "--out", str(out), *TINY]) == 0
-    cfg = load_config("quick", [a for a in TINY if "=" in a])
-    data = load_trajectories(out / "data")
+    return load_config("quick", [a for a in TINY if "=" in a]), load_trajectories(out / "data")
+
+
+def test_killed_training_resumes_to_the_same_weights(tmp_path):
+    from internalrl.train import train_base_model
+
+    cfg, data = _tiny_data(tmp_path)
     full, _ = train_base_model(cfg, data, tmp_path / "full", progress=False)
     model, info = train_base_model(cfg, data, tmp_path / "resumed", progress=False, stop_after=3)
     assert model is None and info["stopped_at"] == 3
@@ -66,15 +71,10 @@ def test_killed_training_resumes_to_the_same_weights(tmp_path):
 
 
 def test_monitoring_the_switch_leaves_the_trained_metacontroller_unchanged(tmp_path):
-    from internalrl.config import load_config
-    from internalrl.data import load_trajectories
     from internalrl.metacontroller import train_metacontroller
     from internalrl.train import train_base_model
 
-    out = tmp_path / "run"
-    assert main(["data", "--out", str(out), *TINY]) == 0
-    cfg = load_config("quick", [a for a in TINY if "=" in a])
-    data = load_trajectories(out / "data")
+    cfg, data = _tiny_data(tmp_path)
     base, _ = train_base_model(cfg, data, tmp_path / "base", progress=False)
     train_idx, val_idx = data.split(cfg.data.val_fraction)
     calls = []
