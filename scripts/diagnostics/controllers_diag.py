@@ -1,6 +1,7 @@
 """Supervised controllers on a finished run's base model, with held-out NLL and where episodes end.
 
     python scripts/diagnostics/controllers_diag.py RUN_DIR LAYER STEPS LR RANK [--per-task] [--scales 1,2,3]
+        [--train-tasks TASKS] [--train-episodes 30000]
 
 Trains one rank-RANK controller per subgoal (or, with --per-task, one per pretraining task held
 for the whole episode) at LAYER with AdamW and a cosine lr, batch 64, and prints every STEPS/5
@@ -9,7 +10,9 @@ histogram of colours visited when episodes ended (1024 episodes each) on the pre
 and (per-subgoal only) the post-training task. With --scales, the trained controllers are then
 evaluated with U multiplied by each factor (a stronger or weaker push), and for the post-training
 task it prints which wrong colours ended the episodes at each progress. Used for the README's
-controller diagnostics.
+controller diagnostics. With --train-tasks the controllers are trained on expert episodes of other
+tasks (for example the post-training task itself): how well a linear controller at LAYER *can* steer
+the frozen model through those transitions, when training shows them.
 """
 import argparse
 import time
@@ -20,7 +23,7 @@ import torch
 from internalrl.analysis.controllers import controlled_action_nll, freeze, rollout_with_controllers
 from internalrl.config import load_config
 from internalrl.controller import SubgoalControllers
-from internalrl.data import batch_indices, load_trajectories, make_batch
+from internalrl.data import Trajectories, batch_indices, generate_grid, load_trajectories, make_batch
 from internalrl.envs.gridworld import BatchedGridPinpad
 from internalrl.envs.tasks import parse_task_set
 from internalrl.train import load_model
@@ -30,6 +33,9 @@ p.add_argument("run"), p.add_argument("layer", type=int), p.add_argument("steps"
 p.add_argument("lr", type=float), p.add_argument("rank", type=int, help="0: full rank")
 p.add_argument("--per-task", action="store_true", help="one controller per task, held all episode")
 p.add_argument("--scales", default="", help="comma-separated factors for U after training, e.g. 0,1,2,3")
+p.add_argument("--train-tasks", default="", help="train on N fresh expert episodes of these tasks (a task set or task "
+               "string, e.g. the post-training task) instead of the run's data: an upper bound, not the paper's protocol")
+p.add_argument("--train-episodes", type=int, default=30000)
 a = p.parse_args()
 torch.manual_seed(0)
 cfg = load_config("quick")
@@ -37,6 +43,10 @@ spec = cfg.env.spec()
 pre = parse_task_set(cfg.env.pretrain_tasks, spec.num_objects)
 post = parse_task_set(cfg.env.posttrain_task, spec.num_objects)
 data = load_trajectories(f"{a.run}/data")
+if a.train_tasks:  # fresh expert episodes of other tasks (held-out NLL is then scored on them too)
+    arrays, _ = generate_grid(a.train_episodes, parse_task_set(a.train_tasks, spec.num_objects), spec, seed=7,
+                              progress=False)
+    data = Trajectories(arrays, {**data.card, "num_episodes": a.train_episodes})
 model = freeze(load_model(f"{a.run}/base_model"))
 tr, va = data.split(0.05)
 lengths = data.arrays["lengths"]

@@ -123,3 +123,20 @@ def test_zero_controller_keeps_heldout_nll_and_training_moves_it(tmp_path):
     ctl, curve = train_controllers(model, data, idx, 1, 4, cc, seed=0, device="cpu", progress=False)
     assert heldout_controlled_nll(model, ctl, 1, data, idx, 7, "cpu") < base  # fits its own training episodes
     assert curve[-1][0] == 29
+
+
+def test_rollout_hook_sees_every_state_before_its_step():
+    model = freeze(tiny_model())
+    env = BatchedGridPinpad(8, parse_task_set("0-1-2-3", 8), GridSpec(), seed=0)
+    calls = []
+    rollout_with_controllers(model, None, 1, env, seed=3, device="cpu",
+                             before_step=lambda e: calls.append((e.t.copy(), e.agent.copy(), e.done.copy())))
+    # one call per step until the last episode ends, each before that step is taken
+    assert len(calls) == int(env.t.max())
+    for k, (t, agent, done) in enumerate(calls):
+        live = ~done
+        assert (t[live] == k).all() and live.any()
+    # the first call sees the reset state: the agent where the episode started
+    assert (calls[0][0] == 0).all()
+    # the recorded agent positions change as the episodes move
+    assert any((a != calls[0][1]).any() for _, a, _ in calls[1:])

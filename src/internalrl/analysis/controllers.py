@@ -73,10 +73,12 @@ def train_controllers(model: SequenceModel, data: Trajectories, train_idx: np.nd
 
 @torch.no_grad()
 def rollout_with_controllers(model: SequenceModel, ctl: SubgoalControllers | None, layer: int,
-                             env: BatchedGridPinpad, seed: int, device, labels=None) -> dict:
+                             env: BatchedGridPinpad, seed: int, device, labels=None, before_step=None) -> dict:
     """Step the base model with the controller of each environment's current ground-truth
     subgoal applied at ``layer`` (``ctl=None``: the uncontrolled base model). ``labels(env)``
-    (N,) picks other controllers than ``env.subgoal()``."""
+    (N,) picks other controllers than ``env.subgoal()``. ``before_step(env)``, if given, is
+    called before every step (with every environment, finished ones included), e.g. to record
+    the states the controlled model visits."""
     labels = labels or (lambda e: e.subgoal())
     gen = torch.Generator(device=device).manual_seed(seed)
     obs = env.reset()
@@ -91,6 +93,8 @@ def rollout_with_controllers(model: SequenceModel, ctl: SubgoalControllers | Non
         if ctl is not None:
             residual = ctl(residual, torch.as_tensor(labels(env), device=device)[rows.idx, None])
         action = model.sample_action(model.upper(residual, layer, state), gen)
+        if before_step is not None:
+            before_step(env)
         obs, _, _, _, info = env.step(rows.actions(action))
         wrong = np.where(info["failure"], info["visited"], wrong)
         if env.done.all():
