@@ -20,7 +20,7 @@ from .envs.gridworld import BatchedGridPinpad
 from .envs.tasks import parse_task_set
 from .experts.grid import expert_actions
 from .models.sequence_model import SequenceModel
-from .train import resolve_device, sequence_losses
+from .train import resolve_device, train_step
 
 
 def _sync(device: torch.device) -> None:
@@ -59,11 +59,7 @@ def bench_train(cfg: Config, steps: int = 10) -> dict:
         batch = make_batch(data, idx).to(device)
         _sync(device)
         t0 = time.perf_counter()
-        losses = sequence_losses(model, batch)
-        loss = losses["action_nll"] + cfg.train.obs_loss_weight * losses["obs_nll"]
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
+        train_step(model, opt, batch, cfg.train)
         _sync(device)
         if i >= 2:  # the first steps warm up allocators
             elapsed += time.perf_counter() - t0

@@ -33,14 +33,15 @@ def resolve_device(name: str) -> torch.device:
     return torch.device(name)
 
 
-def sequence_losses(model: SequenceModel, batch: Batch) -> dict[str, torch.Tensor]:
-    """Masked means over valid steps of the action NLL, observation NLL and accuracy."""
+def sequence_losses(model: SequenceModel, batch: Batch, with_obs: bool = True) -> dict[str, torch.Tensor]:
+    """Masked means over valid steps of the action NLL, observation NLL (unless ``with_obs`` is
+    False: the next-observation head is then not run at all) and accuracy."""
     out = model(batch.obs[:, :-1])
     mask = batch.mask.float()
     n = mask.sum().clamp(min=1)
-    action_nll = -(model.action_log_prob(out, batch.actions) * mask).sum() / n
-    obs_nll = -(model.obs_log_prob(out, batch.obs[:, 1:]) * mask).sum() / n
-    result = {"action_nll": action_nll, "obs_nll": obs_nll}
+    result = {"action_nll": -(model.action_log_prob(out, batch.actions) * mask).sum() / n}
+    if with_obs:
+        result["obs_nll"] = -(model.obs_log_prob(out, batch.obs[:, 1:]) * mask).sum() / n
     if model.cfg.action_type == "categorical":
         result["action_accuracy"] = ((out.action.argmax(-1) == batch.actions).float() * mask).sum() / n
     return result
@@ -90,9 +91,10 @@ def load_model(folder: str | Path, name: str = "model", device="cpu") -> Sequenc
 
 
 def train_step(model: SequenceModel, opt: torch.optim.Optimizer, batch: Batch, tc) -> dict[str, torch.Tensor]:
-    """One AdamW step on −ln p(a|o) − λ ln p(o'|o), gradients clipped; returns the losses."""
-    losses = sequence_losses(model, batch)
-    loss = losses["action_nll"] + tc.obs_loss_weight * losses["obs_nll"]
+    """One AdamW step on −ln p(a|o) − λ ln p(o'|o), gradients clipped; returns the losses.
+    With λ = 0 the next-observation head is skipped (it is a large share of a step's work)."""
+    losses = sequence_losses(model, batch, with_obs=tc.obs_loss_weight > 0)
+    loss = losses["action_nll"] + tc.obs_loss_weight * losses.get("obs_nll", 0.0)
     opt.zero_grad(set_to_none=True)
     loss.backward()
     torch.nn.utils.clip_grad_norm_(model.parameters(), tc.grad_clip)

@@ -188,3 +188,29 @@ def test_sparse_egocentric_embedding_equals_dense_linear_of_the_window():
     emb.linear.weight.grad = None
     emb.linear(emb.window(obs)).sum().backward()
     assert torch.allclose(g_sparse, emb.linear.weight.grad, atol=1e-4)
+
+
+def test_train_step_without_observation_loss_skips_the_observation_head(model):
+    from types import SimpleNamespace
+
+    from internalrl.data import Batch
+    from internalrl.train import sequence_losses, train_step
+
+    torch.manual_seed(1)
+    obs = (torch.rand(3, 7, model.cfg.obs_dim) < 0.05).float()
+    batch = Batch(obs, torch.randint(0, model.cfg.action_dim, (3, 6)), torch.ones(3, 6, dtype=torch.bool),
+                  torch.zeros(3, 6, dtype=torch.long))
+    calls = []
+    hook = model.obs_head.register_forward_hook(lambda *a: calls.append(1))
+    full = sequence_losses(model, batch)
+    assert calls and set(full) >= {"action_nll", "obs_nll"}
+    calls.clear()
+    opt = torch.optim.SGD(model.parameters(), lr=0.0)
+    for lam, runs_head in ((0.0, False), (0.01, True)):
+        losses = train_step(model, opt, batch, SimpleNamespace(obs_loss_weight=lam, grad_clip=1.0))
+        assert bool(calls) == runs_head and ("obs_nll" in losses) == runs_head
+        assert torch.allclose(losses["action_nll"], full["action_nll"])  # lr 0: the model is unchanged
+        head_grad = model.obs_head.weight.grad
+        assert (head_grad is not None and head_grad.abs().sum() > 0) == runs_head
+        calls.clear()
+    hook.remove()
