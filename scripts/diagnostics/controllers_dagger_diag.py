@@ -25,7 +25,8 @@ import torch
 
 from internalrl.analysis.controllers import controlled_action_nll, freeze, rollout_with_controllers, train_controllers
 from internalrl.config import load_config
-from internalrl.data import Trajectories, batch_indices, generate_grid, load_trajectories, make_batch
+from internalrl.data import (Trajectories, batch_indices, generate_grid, load_trajectories, make_batch,
+                            repeat_final_cell)
 from internalrl.envs.gridworld import BatchedGridPinpad
 from internalrl.envs.tasks import parse_task_set
 from internalrl.experts.grid import expert_actions
@@ -84,9 +85,7 @@ def collect(n: int, seed: int) -> dict:
     lengths = env.t.astype(np.int16)
     rows = np.arange(n)
     rec["agent"][rows, lengths] = env.agent  # o_{T+1}
-    # past the end, repeat the final cell (as the dataset does), so every index stays valid
-    idx = np.minimum(np.arange(T + 1)[None, :], lengths[:, None]).astype(np.int64)
-    rec["agent"] = np.take_along_axis(rec["agent"], idx, 1)
+    rec["agent"] = repeat_final_cell(rec["agent"], lengths)  # past the end, as the dataset does
     return {**rec, "layout": env.cell_identity.astype(np.int8), "task_id": np.zeros(n, np.int16), "lengths": lengths}
 
 

@@ -84,9 +84,7 @@ def generate_grid(
         arrays[k] = arrays[k][:, : tmax + 1]
     for k in ("actions", "optimal", "subgoals"):
         arrays[k] = arrays[k][:, :tmax]
-    # the padded tail of `agent` repeats the final cell so every index stays valid
-    idx = np.minimum(np.arange(tmax + 1)[None, :], arrays["lengths"][:, None])
-    arrays["agent"] = np.take_along_axis(arrays["agent"], idx.astype(np.int64), 1)
+    arrays["agent"] = repeat_final_cell(arrays["agent"], arrays["lengths"])
     stats = {
         "layouts_sampled": int(env.num_layouts),
         "layouts_resampled_no_safe_path": int(env.num_resampled),
@@ -96,6 +94,13 @@ def generate_grid(
         "expert_success_rate": total / max(1, total + failed),
     }
     return arrays, stats
+
+
+def repeat_final_cell(agent: np.ndarray, lengths: np.ndarray) -> np.ndarray:
+    """Agent cells (N, T+1) with every step past an episode's end set to its final cell
+    (``agent[i, lengths[i]]``), so that every index of the padded tail stays valid."""
+    idx = np.minimum(np.arange(agent.shape[1])[None, :], lengths[:, None]).astype(np.int64)
+    return np.take_along_axis(agent, idx, 1)
 
 
 def data_card(arrays: dict[str, np.ndarray], tasks: list[Task], extra: dict) -> dict:
