@@ -117,6 +117,22 @@ def test_no_gradient_reaches_the_frozen_base():
 def test_bad_config_names_the_field():
     with pytest.raises(ValueError, match="metacontroller.switch"):
         MetacontrollerConfig(switch="hard").validate(W, 2)
+    with pytest.raises(ValueError, match=r"metacontroller.binarize_steps must be in 0..steps \(10\)"):
+        MetacontrollerConfig(steps=10, binarize_steps=11).validate(W, 2)
+
+
+def test_noisy_switch_is_sharper_in_training_and_plain_when_acting():
+    m = meta()
+    logit = torch.linspace(-3, 3, 4001)
+    g = torch.Generator().manual_seed(0)
+    assert torch.equal(m.train().gate_from_logit(logit, g), torch.sigmoid(logit))  # sigmoid switch: no noise
+    m.noisy_switch = True
+    noisy = m.gate_from_logit(logit, g)
+    soft = torch.sigmoid(logit)
+    assert not torch.allclose(noisy, soft)
+    undecided = lambda b: float(((b > 0.1) & (b < 0.9)).float().mean())  # noqa: E731
+    assert undecided(noisy) < 0.6 * undecided(soft)  # temperature 0.5: mostly near 0 or 1
+    assert torch.equal(m.eval().gate_from_logit(logit, g), soft)  # no noise outside training
 
 
 def test_kl_warmup_ramps_alpha_linearly_and_is_off_by_default():

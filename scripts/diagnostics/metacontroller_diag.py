@@ -2,14 +2,16 @@
 
     python scripts/diagnostics/metacontroller_diag.py RUN_DIR [--steps 1500] [--alpha 0.17]
         [--free 0] [--warmup 0] [--switch sigmoid|gumbel] [--hard] [--lr 1e-3] [--layer 2]
-        [--switch-bias 0] [--evals 6]
+        [--switch-bias 0] [--evals 6] [--temperature 0.5] [--init RUN_DIR/metacontroller/frozen.safetensors]
 
 The quick preset's metacontroller (batch 64) at layer --layer, with α = 0 for --free steps, then
 ramped over --warmup steps, at a constant lr. --hard hardens β at 0.5 in the forward pass with the sigmoid's
 gradient (straight-through), as the switch acts in internal RL. --evals times during training it
 prints the training NLL and KL, and on 512 held-out episodes: action NLL, KL per step, switch
 F1 / precision / recall against subgoal changes (β hardened at 0.5, ±1 step), switches per
-episode and the fraction of β in (0.1, 0.9). Used for the README's metacontroller diagnostics.
+episode and the fraction of β in (0.1, 0.9). --init continues a trained metacontroller (a fresh optimizer,
+α from the first step), e.g. with --switch gumbel to see what the binarizing phase does to it.
+Used for the README's metacontroller diagnostics.
 """
 import argparse
 import time
@@ -35,17 +37,29 @@ p.add_argument("--batch", type=int, default=64)
 p.add_argument("--layer", type=int, default=2)
 p.add_argument("--evals", type=int, default=6, help="how many times to score on held-out episodes")
 p.add_argument("--switch-bias", type=float, default=0.0, help="initial bias of the switch unit's logit")
+p.add_argument("--temperature", type=float, default=0.5, help="the Gumbel switch's temperature")
+p.add_argument("--init", help="start from these metacontroller weights (e.g. RUN/metacontroller/frozen.safetensors)")
 a = p.parse_args()
 data = load_trajectories(f"{a.run}/data")
 base = freeze(load_model(f"{a.run}/base_model"))
 train_idx, val_idx = data.split(0.05)
 lengths = data.arrays["lengths"]
 cfg = MetacontrollerConfig(steps=a.steps, batch_size=a.batch, lr=a.lr, alpha=a.alpha, switch=a.switch,
-                           kl_free_steps=a.free, kl_warmup_steps=a.warmup)
+                           kl_free_steps=a.free, kl_warmup_steps=a.warmup,
+                           gumbel_temperature=a.temperature)
 torch.manual_seed(0)
 meta = Metacontroller(cfg, base.cfg.width)
-with torch.no_grad():
-    meta.switch_unit[-1].bias.fill_(a.switch_bias)
+if a.init:
+    from safetensors.torch import load_file
+
+    meta.load_state_dict(load_file(a.init))
+    ev = evaluate_metacontroller(base, meta, data, val_idx[:512], a.layer, "cpu")
+    print(f"0 (--init) held-out nll {ev['action_nll']:.4f} kl {ev['kl']:.4f} f1 {ev['f1']:.3f} "
+          f"switches/ep {ev['switches_per_episode']:.2f} beta in (0.1,0.9) {ev['fraction_beta_intermediate']:.3f}", flush=True)
+    meta.train()
+else:
+    with torch.no_grad():
+        meta.switch_unit[-1].bias.fill_(a.switch_bias)
 if a.hard:
     soft_gate = meta.gate_from_logit
 

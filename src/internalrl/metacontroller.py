@@ -37,6 +37,10 @@ class MetacontrollerConfig:
     rank: int = 16  # 0: full rank
     switch: str = "sigmoid"  # sigmoid | gumbel | always (β ≡ 1: no temporal abstraction)
     gumbel_temperature: float = 0.5
+    # [choice] the last this many of `steps` train with logistic noise on the switch logit (the Gumbel
+    # switch, at gumbel_temperature): a β that is neither 0 nor 1 then gives a noisy code, so the switch
+    # learns to decide. 0: off. Aligned sigmoid switches keep their places and turn near-binary.
+    binarize_steps: int = 0
     alpha: float = 0.17  # KL weight
     kl_free_steps: int = 0  # [choice] train with α = 0 for these first steps, so the code gets used at all
     kl_warmup_steps: int = 0  # [choice] then ramp the KL weight linearly from 0 to alpha over these steps (0: off)
@@ -64,6 +68,7 @@ class MetacontrollerConfig:
             ("metacontroller.batch_size", self.batch_size >= 1, "at least 1"),
             ("metacontroller.lr", self.lr > 0, "positive"),
             ("metacontroller.gumbel_temperature", self.gumbel_temperature > 0, "positive"),
+            ("metacontroller.binarize_steps", 0 <= self.binarize_steps <= self.steps, f"in 0..steps ({self.steps})"),
         ]
         for name, ok, what in checks:
             if not ok:
@@ -75,7 +80,8 @@ def cotrained_config(cfg: MetacontrollerConfig) -> MetacontrollerConfig:
     (never more than ``steps``; 0: ``steps``)."""
     from dataclasses import replace
 
-    return replace(cfg, cotrain=True, steps=min(cfg.cotrain_steps or cfg.steps, cfg.steps))
+    steps = min(cfg.cotrain_steps or cfg.steps, cfg.steps)
+    return replace(cfg, cotrain=True, steps=steps, binarize_steps=min(cfg.binarize_steps, steps))
 
 
 def mlp(inp: int, hidden: int, out: int) -> nn.Sequential:
@@ -169,6 +175,7 @@ class Metacontroller(HyperDecoder, nn.Module):
         self.encoder = mlp(width + nh + ns, cfg.encoder_hidden, 2 * nz)
         self.switch_unit = mlp(width + nh + nz, cfg.switch_hidden, 1)
         self.decoder = hyper_decoder(nz, cfg.decoder_hidden, width, cfg.rank)
+        self.noisy_switch = cfg.switch == "gumbel"  # logistic noise on the switch logit while training
 
     # -- parts -------------------------------------------------------------
     def sequence_embedding(self, residual: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
@@ -191,9 +198,9 @@ class Metacontroller(HyperDecoder, nn.Module):
         return self.gate_from_logit(logit, generator)
 
     def gate_from_logit(self, logit: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
-        """β from the switch unit's logit: a sigmoid, with logistic noise and a temperature for
-        switch='gumbel' while training."""
-        if self.cfg.switch == "gumbel" and self.training:
+        """β from the switch unit's logit: a sigmoid, with logistic noise and a temperature while
+        training with switch='gumbel' or in the last ``binarize_steps``."""
+        if self.noisy_switch and self.training:
             u = torch.rand(logit.shape, generator=generator, device=logit.device).clamp(1e-6, 1 - 1e-6)
             logit = (logit + torch.log(u) - torch.log1p(-u)) / self.cfg.gumbel_temperature
         return torch.sigmoid(logit)
@@ -293,6 +300,7 @@ def train_metacontroller(base, data, train_idx, cfg: MetacontrollerConfig, layer
     curve, monitored = [], []
     for step in tqdm(range(cfg.steps), desc=desc, disable=not progress, leave=False):
         batch = make_batch(data, batch_indices(train_idx, cfg.batch_size, seed, step, lengths)).to(device)
+        meta.noisy_switch = cfg.switch == "gumbel" or step >= cfg.steps - cfg.binarize_steps
         res = metacontroller_loss(base, meta, layer, batch, kl_weight(cfg, step), gen)
         opt.zero_grad(set_to_none=True)
         res["loss"].backward()
@@ -305,6 +313,7 @@ def train_metacontroller(base, data, train_idx, cfg: MetacontrollerConfig, layer
             meta.train()
             base.train(cfg.cotrain)
     meta.monitored = monitored
+    meta.noisy_switch = cfg.switch == "gumbel"
     for p in base.parameters():
         p.requires_grad_(False)
     return meta.eval(), curve
