@@ -103,12 +103,12 @@ def test_binarizing_phase_adds_switch_noise_in_the_last_steps_only(tmp_path):
     cfg, data = _tiny_data(tmp_path)
     base, _ = train_base_model(cfg, data, tmp_path / "base", progress=False)
     train_idx, _ = data.split(cfg.data.val_fraction)
-    mc = replace(cfg.metacontroller, steps=5, binarize_steps=2)
+    mc = replace(cfg.metacontroller, steps=5, binarize_fraction=0.4)
     meta, _ = train_metacontroller(base, data, train_idx, mc, 1, 7, "cpu", progress=False,
                                    monitor=lambda m: {"noisy": m.noisy_switch}, monitor_every=1)
     assert [r["noisy"] for r in meta.monitored] == [False, False, False, True, True]
     assert not meta.noisy_switch  # acting after training: no noise
-    plain, _ = train_metacontroller(base, data, train_idx, replace(mc, binarize_steps=0), 1, 7, "cpu", progress=False)
+    plain, _ = train_metacontroller(base, data, train_idx, replace(mc, binarize_fraction=0.0), 1, 7, "cpu", progress=False)
     assert not plain.noisy_switch and any(not torch.equal(a, b) for a, b in
                                           zip(meta.state_dict().values(), plain.state_dict().values()))
 

@@ -117,8 +117,8 @@ def test_no_gradient_reaches_the_frozen_base():
 def test_bad_config_names_the_field():
     with pytest.raises(ValueError, match="metacontroller.switch"):
         MetacontrollerConfig(switch="hard").validate(W, 2)
-    with pytest.raises(ValueError, match=r"metacontroller.binarize_steps must be in 0..steps \(10\)"):
-        MetacontrollerConfig(steps=10, binarize_steps=11).validate(W, 2)
+    with pytest.raises(ValueError, match=r"metacontroller.binarize_fraction must be in \[0, 1\], got 1.5"):
+        MetacontrollerConfig(binarize_fraction=1.5).validate(W, 2)
 
 
 def test_noisy_switch_is_sharper_in_training_and_plain_when_acting():

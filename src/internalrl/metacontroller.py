@@ -37,10 +37,10 @@ class MetacontrollerConfig:
     rank: int = 16  # 0: full rank
     switch: str = "sigmoid"  # sigmoid | gumbel | always (β ≡ 1: no temporal abstraction)
     gumbel_temperature: float = 0.5
-    # [choice] the last this many of `steps` train with logistic noise on the switch logit (the Gumbel
+    # [choice] the last this fraction of `steps` trains with logistic noise on the switch logit (the Gumbel
     # switch, at gumbel_temperature): a β that is neither 0 nor 1 then gives a noisy code, so the switch
-    # learns to decide. 0: off. Aligned sigmoid switches keep their places and turn near-binary.
-    binarize_steps: int = 0
+    # learns to decide. 0: off. Aligned sigmoid switches keep their places and turn near-binary (README).
+    binarize_fraction: float = 0.0
     alpha: float = 0.17  # KL weight
     kl_free_steps: int = 0  # [choice] train with α = 0 for these first steps, so the code gets used at all
     kl_warmup_steps: int = 0  # [choice] then ramp the KL weight linearly from 0 to alpha over these steps (0: off)
@@ -68,7 +68,7 @@ class MetacontrollerConfig:
             ("metacontroller.batch_size", self.batch_size >= 1, "at least 1"),
             ("metacontroller.lr", self.lr > 0, "positive"),
             ("metacontroller.gumbel_temperature", self.gumbel_temperature > 0, "positive"),
-            ("metacontroller.binarize_steps", 0 <= self.binarize_steps <= self.steps, f"in 0..steps ({self.steps})"),
+            ("metacontroller.binarize_fraction", 0 <= self.binarize_fraction <= 1, "in [0, 1]"),
         ]
         for name, ok, what in checks:
             if not ok:
@@ -80,8 +80,7 @@ def cotrained_config(cfg: MetacontrollerConfig) -> MetacontrollerConfig:
     (never more than ``steps``; 0: ``steps``)."""
     from dataclasses import replace
 
-    steps = min(cfg.cotrain_steps or cfg.steps, cfg.steps)
-    return replace(cfg, cotrain=True, steps=steps, binarize_steps=min(cfg.binarize_steps, steps))
+    return replace(cfg, cotrain=True, steps=min(cfg.cotrain_steps or cfg.steps, cfg.steps))
 
 
 def mlp(inp: int, hidden: int, out: int) -> nn.Sequential:
@@ -199,7 +198,7 @@ class Metacontroller(HyperDecoder, nn.Module):
 
     def gate_from_logit(self, logit: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
         """β from the switch unit's logit: a sigmoid, with logistic noise and a temperature while
-        training with switch='gumbel' or in the last ``binarize_steps``."""
+        training with switch='gumbel' or in the binarizing phase (``binarize_fraction``)."""
         if self.noisy_switch and self.training:
             u = torch.rand(logit.shape, generator=generator, device=logit.device).clamp(1e-6, 1 - 1e-6)
             logit = (logit + torch.log(u) - torch.log1p(-u)) / self.cfg.gumbel_temperature
@@ -298,9 +297,10 @@ def train_metacontroller(base, data, train_idx, cfg: MetacontrollerConfig, layer
     gen = torch.Generator(device=device).manual_seed(seed)
     lengths = data.arrays["lengths"]
     curve, monitored = [], []
+    binarize_from = cfg.steps - round(cfg.binarize_fraction * cfg.steps)
     for step in tqdm(range(cfg.steps), desc=desc, disable=not progress, leave=False):
         batch = make_batch(data, batch_indices(train_idx, cfg.batch_size, seed, step, lengths)).to(device)
-        meta.noisy_switch = cfg.switch == "gumbel" or step >= cfg.steps - cfg.binarize_steps
+        meta.noisy_switch = cfg.switch == "gumbel" or step >= binarize_from
         res = metacontroller_loss(base, meta, layer, batch, kl_weight(cfg, step), gen)
         opt.zero_grad(set_to_none=True)
         res["loss"].backward()
