@@ -271,6 +271,11 @@ def kl_weight(cfg: MetacontrollerConfig, step: int) -> float:
     return cfg.alpha * min(1.0, step / cfg.kl_warmup_steps)
 
 
+def binarize_start(cfg: MetacontrollerConfig) -> int:
+    """The first step of the binarizing phase (noisy switch); ``cfg.steps`` when it is off."""
+    return cfg.steps - round(cfg.binarize_fraction * cfg.steps)
+
+
 def train_metacontroller(base, data, train_idx, cfg: MetacontrollerConfig, layer: int, seed: int, device,
                          progress: bool = True, desc: str = "metacontroller", monitor=None, monitor_every: int = 0):
     """Train on expert data with the base model frozen (or jointly, with ``cfg.cotrain``).
@@ -297,7 +302,7 @@ def train_metacontroller(base, data, train_idx, cfg: MetacontrollerConfig, layer
     gen = torch.Generator(device=device).manual_seed(seed)
     lengths = data.arrays["lengths"]
     curve, monitored = [], []
-    binarize_from = cfg.steps - round(cfg.binarize_fraction * cfg.steps)
+    binarize_from = binarize_start(cfg)
     for step in tqdm(range(cfg.steps), desc=desc, disable=not progress, leave=False):
         batch = make_batch(data, batch_indices(train_idx, cfg.batch_size, seed, step, lengths)).to(device)
         meta.noisy_switch = cfg.switch == "gumbel" or step >= binarize_from

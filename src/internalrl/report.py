@@ -274,6 +274,10 @@ def _meta_over_training(m: dict, figs: Path) -> str:
             axes[1].plot(steps, [r["f1"] for r in mon], style + "o", color="C2", ms=3, label=f"{label}: switch F1")
             axes[1].plot(steps, [r["fraction_beta_intermediate"] for r in mon], style, color="C3",
                          label=f"{label}: β in (0.1, 0.9)")
+    start, steps = m.get("frozen", {}).get("binarize_from"), m.get("frozen", {}).get("curve", [[0]])[-1][0] + 1
+    if start is not None and start < steps:  # the last steps train with a noisy switch
+        for ax in axes:
+            ax.axvspan(start, steps, color="0.85", lw=0, zorder=0, label="noisy (Gumbel) switch")
     axes[0].set(xlabel="metacontroller training step", ylabel="per step (training batch)", yscale="log",
                 title="loss terms (α = 0 for the first steps, so the KL is free)")
     if monitored:
@@ -283,7 +287,8 @@ def _meta_over_training(m: dict, figs: Path) -> str:
         ax.legend(fontsize=7)
     return _img(_png(fig, figs / "metacontroller_over_training.png"),
                 "While the metacontroller trains: the action NLL and KL of its training batches (left), and on held-out "
-                "episodes how well its switch matches the subgoal changes and how much of β is undecided (right).")
+                "episodes how well its switch matches the subgoal changes and how much of β is undecided (right). Grey: the "
+                "frozen metacontroller's last steps, trained with logistic noise on the switch logit to make β binary.")
 
 
 def section_alpha_sweep(root: Path, figs: Path) -> str:

@@ -258,7 +258,7 @@ MONITOR_EPISODES = 256  # on this many held-out episodes (the final evaluation u
 
 def _train_and_eval_meta(cfg: Config, run: RunDir, mc, label: str, progress: bool, save_to=None,
                          meta_seed: int = 0) -> dict:
-    from .metacontroller import evaluate_metacontroller, train_metacontroller
+    from .metacontroller import binarize_start, evaluate_metacontroller, train_metacontroller
 
     device = resolve_device(cfg.train.device)
     data = clean_data(cfg, run)
@@ -280,6 +280,7 @@ def _train_and_eval_meta(cfg: Config, run: RunDir, mc, label: str, progress: boo
     res["curve"] = curve
     res["over_training"] = meta.monitored
     res["monitor_every"] = every
+    res["binarize_from"] = binarize_start(mc)
     if save_to is not None:
         save_weights(meta, save_to / f"{label}.safetensors")
         if mc.cotrain:
