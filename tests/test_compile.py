@@ -252,3 +252,20 @@ def test_runs_made_before_a_config_section_existed_still_open(tmp_path):
     RunDir(tmp_path / "run", cfg)
     with pytest.raises(RunDirError, match="another run's artifacts"):
         RunDir(tmp_path / "run", replace(cfg, seed=3))
+
+
+def test_runs_made_before_a_config_field_existed_open_only_at_its_default(tmp_path):
+    from internalrl.config import load_config
+    from internalrl.rundir import RunDir, RunDirError
+
+    for preset, opens in (("paper", True), ("quick", False)):  # binarize_fraction: 0 (the default) and 0.1
+        cfg = load_config(preset)
+        RunDir(tmp_path / preset, cfg)
+        meta = json.loads((tmp_path / preset / "run.json").read_text())
+        del meta["config"]["metacontroller"]["binarize_fraction"]  # as written before the field existed
+        (tmp_path / preset / "run.json").write_text(json.dumps(meta))
+        if opens:
+            RunDir(tmp_path / preset, cfg)
+        else:
+            with pytest.raises(RunDirError, match=r"metacontroller.binarize_fraction: None there, 0.1 now"):
+                RunDir(tmp_path / preset, cfg)

@@ -2,7 +2,8 @@
 when whole, so a finished artifact is never replaced by a broken one and a killed run
 resumes where it stopped. ``run.json`` records the version and config that own the folder;
 a different config is refused rather than mixed in. A config section that did not exist when
-the run was made (absent from its ``run.json``) is not compared: none of its stages used it."""
+the run was made (absent from its ``run.json``) is not compared: none of its stages used it; nor is a
+field added since, when it holds its default (the run behaved as the default does)."""
 from __future__ import annotations
 
 import json
@@ -49,6 +50,12 @@ class RunDir:
             stored, current = meta.get("config"), want["config"]
             if isinstance(stored, dict):  # sections added to Config since this run was made: none of its stages used them
                 current = {k: v for k, v in current.items() if k in stored or not isinstance(v, dict)}
+                # fields added since, at their default: the run behaved as the default does
+                defaults = Config().to_dict()
+                for sec, fields in current.items():
+                    if isinstance(fields, dict) and isinstance(stored.get(sec), dict):
+                        current[sec] = {k: v for k, v in fields.items()
+                                        if k in stored[sec] or v != defaults.get(sec, {}).get(k, object())}
             diffs = _diff(stored, current)
             if diffs:
                 shown = "\n  ".join(diffs[:8]) + ("\n  ..." if len(diffs) > 8 else "")
