@@ -233,20 +233,26 @@ def beta_plot(ax, gates: np.ndarray, subgoals: np.ndarray, mask: np.ndarray, tit
     ax.title.set_fontsize(8)
 
 
-def section_metacontroller(root: Path, figs: Path) -> str:
-    m = json.loads((root / "metacontroller" / "metrics.json").read_text())
-    labels = ("frozen", "cotrained")
-    examples = {k: np.load(root / "metacontroller" / f"{k}_examples.npz", allow_pickle=False) for k in labels}
-    cols = min(4, len(examples["frozen"]["gates"]))
-    fig, axes = plt.subplots(len(labels), cols, figsize=(3.5 * cols, 2.4 * len(labels)), sharey=True, squeeze=False,
+def beta_grid(rows: list[tuple[str, dict]], cols: int = 4):
+    """A figure of β over time: one row per (label, examples) pair, where examples holds the
+    ``gates``, ``subgoals`` and ``mask`` of held-out episodes (a stage's ``*_examples.npz``),
+    one column per episode (at most ``cols``)."""
+    cols = min(cols, len(rows[0][1]["gates"]))
+    fig, axes = plt.subplots(len(rows), cols, figsize=(3.5 * cols, 2.4 * len(rows)), sharey=True, squeeze=False,
                              layout="constrained")
-    for r, label in enumerate(labels):
-        ex = examples[label]
+    for r, (label, ex) in enumerate(rows):
         for c in range(cols):
             beta_plot(axes[r, c], ex["gates"][c], ex["subgoals"][c], ex["mask"][c], f"{label}: held-out episode {c}")
         axes[r, 0].set_ylabel("switch gate β")
     for c in range(cols):
         axes[-1, c].set_xlabel("step")
+    return fig
+
+
+def section_metacontroller(root: Path, figs: Path) -> str:
+    m = json.loads((root / "metacontroller" / "metrics.json").read_text())
+    fig = beta_grid([(k, np.load(root / "metacontroller" / f"{k}_examples.npz", allow_pickle=False))
+                     for k in ("frozen", "cotrained")])
     html_ = _img(_png(fig, figs / "metacontroller_beta.png"),
                  "Switch gate β over time (background: ground-truth subgoal). Top: base model frozen; bottom: co-trained.")
     table = {k: v for k, v in m["headline"].items()}

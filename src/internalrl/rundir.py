@@ -30,6 +30,16 @@ def _diff(a, b, prefix="") -> list[str]:
     return [] if a == b else [f"{prefix[:-1]}: {a!r} there, {b!r} now"]
 
 
+def _without_additions(current, stored, defaults):
+    """``current`` less what Config gained after ``stored`` was written and that cannot have changed that run:
+    whole new sections (none of its stages used them) and new fields at their default (it behaved so)."""
+    if not (isinstance(current, dict) and isinstance(stored, dict)):
+        return current
+    defaults = defaults if isinstance(defaults, dict) else {}
+    return {k: _without_additions(v, stored.get(k), defaults.get(k)) for k, v in current.items()
+            if k in stored or not (isinstance(v, dict) or v == defaults.get(k, object()))}
+
+
 class RunDir:
     def __init__(self, root: str | Path, cfg: Config, create: bool = True) -> None:
         self.root = Path(root)
@@ -48,15 +58,7 @@ class RunDir:
                     "Use a new --out folder."
                 )
             stored, current = meta.get("config"), want["config"]
-            if isinstance(stored, dict):  # sections added to Config since this run was made: none of its stages used them
-                current = {k: v for k, v in current.items() if k in stored or not isinstance(v, dict)}
-                # fields added since, at their default: the run behaved as the default does
-                defaults = Config().to_dict()
-                for sec, fields in current.items():
-                    if isinstance(fields, dict) and isinstance(stored.get(sec), dict):
-                        current[sec] = {k: v for k, v in fields.items()
-                                        if k in stored[sec] or v != defaults.get(sec, {}).get(k, object())}
-            diffs = _diff(stored, current)
+            diffs = _diff(stored, _without_additions(current, stored, Config().to_dict()))
             if diffs:
                 shown = "\n  ".join(diffs[:8]) + ("\n  ..." if len(diffs) > 8 else "")
                 raise RunDirError(

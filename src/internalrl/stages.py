@@ -323,6 +323,8 @@ def stage_metacontroller(cfg: Config, run: RunDir, progress: bool = True, meta_s
 
 
 PAPER_ALPHAS = (0.0, 0.05, 0.1, 0.17, 0.3, 0.5, 1.0)
+SWEEP_POINT_KEYS = ("action_nll", "kl", "f1", "precision", "recall", "switches_per_episode", "subgoals_per_episode",
+                    "fraction_beta_intermediate", "train_seconds")  # what an α-sweep point keeps of a trained metacontroller
 
 
 def alpha_sweep(cfg: Config, run: RunDir, alphas=PAPER_ALPHAS, cotrained: bool = True, progress: bool = True,
@@ -349,9 +351,7 @@ def alpha_sweep(cfg: Config, run: RunDir, alphas=PAPER_ALPHAS, cotrained: bool =
             mc = replace(cfg.metacontroller, alpha=float(alpha))
             mc = cotrained_config(mc) if co else mc
             res = _train_and_eval_meta(cfg, run, mc, f"{label} alpha={alpha}", progress)
-            point = {"variant": label, "alpha": float(alpha), **{k: res[k] for k in (
-                "action_nll", "kl", "f1", "precision", "recall", "switches_per_episode", "subgoals_per_episode",
-                "fraction_beta_intermediate", "train_seconds")}}
+            point = {"variant": label, "alpha": float(alpha), **{k: res[k] for k in SWEEP_POINT_KEYS}}
             points.append(point)
             done_path.write_text(json.dumps(points, indent=2))
             _log(f"{stage}: {label} alpha={alpha}: NLL {point['action_nll']:.3f}, KL {point['kl']:.3f}, F1 {point['f1']:.3f}")

@@ -8,18 +8,16 @@ import json
 import sys
 from pathlib import Path
 
-from internalrl.stages import plot_rate_distortion
+from internalrl.stages import SWEEP_POINT_KEYS, plot_rate_distortion
 
 here = Path(__file__).parent
-keys = ("action_nll", "kl", "f1", "precision", "recall", "switches_per_episode", "subgoals_per_episode",
-        "fraction_beta_intermediate", "train_seconds")
 points = []
 for item in sys.argv[1:]:
     alpha, run = item.split("=", 1)
     m = json.loads((Path(run) / "metacontroller" / "metrics.json").read_text())
     assert abs(m["headline"]["alpha"] - float(alpha)) < 1e-12, (item, m["headline"]["alpha"])
     for variant in ("frozen", "cotrained"):
-        points.append({"variant": variant, "alpha": float(alpha), "run": run, **{k: m[variant][k] for k in keys}})
+        points.append({"variant": variant, "alpha": float(alpha), "run": run, **{k: m[variant][k] for k in SWEEP_POINT_KEYS}})
 (here / "points.json").write_text(json.dumps(points, indent=1))
 plot_rate_distortion(points, here / "rate_distortion.png")
 for p in points:
