@@ -10,7 +10,7 @@ import torch  # noqa: E402
 from internalrl.envs.ant import AntSpec, BatchedAntPinpad, cell_centres  # noqa: E402
 from internalrl.experts.ant import (  # noqa: E402
     AntExpertConfig, AntExpertPolicy, MOVE_XY, _overrides, canonical_observation, expert_obs_dim, guidance,
-    load_ant_expert, quarter_turns, real_actions, save_policy, training_end,
+    load_ant_expert, quarter_turns, real_actions, save_policy, shaped_reward, training_end,
 )
 
 
@@ -107,3 +107,19 @@ def test_training_ends_on_tip_over_and_height_limit():
     assert training_end(env, AntExpertConfig(height_limit=0.95)).tolist() == [False, True, False, False]
     with pytest.raises(ValueError, match="height_limit"):
         AntExpertConfig(height_limit=0.7)
+
+
+def test_velocity_cap_limits_only_the_intrinsic_reward():
+    env = BatchedAntPinpad(3, [(0, 1, 2)], AntSpec(), seed=0)
+    env.reset()
+    speed = np.array([2.0, 0.3, -1.0])  # m/s along d
+    d = np.tile([1.0, 0.0], (3, 1))
+    xy_before = env.xy - env.spec.control_dt * speed[:, None] * d
+    actions = np.zeros((3, 8))
+    info = {"visited": np.array([-1, 1, -1]), "failure": np.array([False, False, True])}
+    plain = shaped_reward(env, AntExpertConfig(), xy_before, d, actions, np.zeros(3), info)
+    capped = shaped_reward(env, AntExpertConfig(velocity_cap=0.5), xy_before, d, actions, np.zeros(3), info)
+    np.testing.assert_allclose(plain - capped, [1.5, 0.0, 0.0], atol=1e-6)  # only the row above the cap loses
+    np.testing.assert_allclose(plain, speed + [0.05, 1.05, -0.95], atol=1e-6)  # the visit, failure, alive terms stay
+    with pytest.raises(ValueError, match="velocity_cap"):
+        AntExpertConfig(velocity_cap=0.0)

@@ -42,6 +42,8 @@ ends episodes on torso height, and without this PPO learned to flip onto its bac
 steps and flail. Evaluation and data generation use the plain environment. Optionally
 (``height_limit``, off by default) a training episode also ends when the torso rises above a
 height below the environment's own limit of 1 m, so that the policy keeps a margin from it.
+Optionally (``velocity_cap``, off by default) the intrinsic reward is capped, so that walking
+faster than the cap earns nothing more (fast walking bounces the torso above 1 m).
 
 [choice] reward details: the task reward is weighted ``success_bonus = 10``; each correct
 colour visited earns ``visit_bonus = 1``; a failure (wall, fall, wrong colour) costs
@@ -353,6 +355,7 @@ class AntExpertConfig:
     failure_penalty: float = 1.0
     alive_bonus: float = 0.05
     ctrl_cost: float = 0.005
+    velocity_cap: float = float("inf")  # the intrinsic reward is min(v · d, velocity_cap) (m/s); off by default
 
     def __post_init__(self) -> None:
         for name in ("total_steps", "num_envs", "num_steps", "horizon", "hidden", "update_epochs", "num_minibatches"):
@@ -361,6 +364,8 @@ class AntExpertConfig:
         if not self.height_limit > START_HEIGHT:
             raise ValueError(f"AntExpertConfig.height_limit must be above the start height {START_HEIGHT}, "
                              f"got {self.height_limit}")
+        if not self.velocity_cap > 0:
+            raise ValueError(f"AntExpertConfig.velocity_cap must be positive (m/s), got {self.velocity_cap}")
         if not 0 < self.gamma <= 1 or not 0 <= self.gae_lambda <= 1:
             raise ValueError("AntExpertConfig.gamma must be in (0, 1] and gae_lambda in [0, 1]")
 
@@ -377,7 +382,7 @@ def shaped_reward(env: BatchedAntPinpad, cfg: AntExpertConfig, xy_before: np.nda
     :class:`AntExpertConfig` (see the module docstring)."""
     v = (env.xy - xy_before) / env.spec.control_dt
     progress = (info["visited"] >= 0) & ~info["failure"]
-    return ((v * d).sum(1) + cfg.success_bonus * reward + cfg.visit_bonus * progress
+    return (np.minimum((v * d).sum(1), cfg.velocity_cap) + cfg.success_bonus * reward + cfg.visit_bonus * progress
             - cfg.failure_penalty * info["failure"] + cfg.alive_bonus
             - cfg.ctrl_cost * (np.clip(actions, -1, 1) ** 2).sum(1))
 
