@@ -117,8 +117,10 @@ def test_velocity_cap_limits_only_the_intrinsic_reward():
     xy_before = env.xy - env.spec.control_dt * speed[:, None] * d
     actions = np.zeros((3, 8))
     info = {"visited": np.array([-1, 1, -1]), "failure": np.array([False, False, True])}
-    plain = shaped_reward(env, AntExpertConfig(), xy_before, d, actions, np.zeros(3), info)
-    capped = shaped_reward(env, AntExpertConfig(velocity_cap=0.5), xy_before, d, actions, np.zeros(3), info)
+    plain = shaped_reward(env, AntExpertConfig(velocity_cap=float("inf"), failure_penalty=1.0), xy_before, d, actions,
+                          np.zeros(3), info)
+    capped = shaped_reward(env, AntExpertConfig(velocity_cap=0.5, failure_penalty=1.0), xy_before, d, actions,
+                           np.zeros(3), info)
     np.testing.assert_allclose(plain - capped, [1.5, 0.0, 0.0], atol=1e-6)  # only the row above the cap loses
     np.testing.assert_allclose(plain, speed + [0.05, 1.05, -0.95], atol=1e-6)  # the visit, failure, alive terms stay
     with pytest.raises(ValueError, match="velocity_cap"):
