@@ -47,8 +47,8 @@ height below the environment's own limit of 1 m, so that the policy keeps a marg
 walking faster earns nothing more (the uncapped expert walked at 0.8 m/s and a quarter of its
 training episodes ended with the torso bounced above 1 m; docs/ant.md, run P); the task reward is
 weighted ``success_bonus = 10``; each correct colour visited earns ``visit_bonus = 1``; a failure
-(wall, fall, wrong colour) costs ``failure_penalty = 5``; every step earns ``alive_bonus = 0.05`` and pays a control cost
-``0.005·Σa²``. PPO as in CleanRL's continuous PPO (Gaussian with state-independent log-std,
+(wall, fall, wrong colour) costs ``failure_penalty = 5`` (1 until run P); every step earns
+``alive_bonus = 0.05`` and pays a control cost ``0.005·Σa²``. PPO as in CleanRL's continuous PPO (Gaussian with state-independent log-std,
 clamped to at least ``min_log_std = -1.2`` after every step, separate actor and critic MLPs of
 128-128 tanh, 64 environments × 64-step segments with auto-reset, 5 epochs of 8 minibatches,
 GAE λ = 0.95, γ = 0.99, clip 0.2, linearly annealed learning rate 3e-4, running observation
