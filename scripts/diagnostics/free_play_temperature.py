@@ -15,9 +15,8 @@ import argparse
 import json
 
 from finished_run import add_run_arguments, load_base_run
-from internalrl.envs.gridworld import BatchedGridPinpad
 from internalrl.envs.tasks import parse_task_set
-from internalrl.evaluate import rollout_base_model
+from internalrl.evaluate import evaluate_policy
 
 p = argparse.ArgumentParser()
 add_run_arguments(p)
@@ -32,10 +31,8 @@ post = parse_task_set(cfg.env.posttrain_task, spec.num_objects)
 rows = []
 print(f"{'temperature':>11} {'free play':>9} {'new subgoal':>11} {'within':>7} {'timeout':>7} {'post-training':>13}")
 for t in (float(x) for x in a.temperatures.split(",")):
-    free = rollout_base_model(base, BatchedGridPinpad(a.episodes, pretrain, spec, seed=a.seed), free_play=True,
-                              seed=a.seed, temperature=t)
-    done = rollout_base_model(base, BatchedGridPinpad(a.episodes, post, spec, seed=a.seed + 1), free_play=False,
-                              seed=a.seed + 1, temperature=t)
+    res = evaluate_policy(base, spec, pretrain, post, num_envs=a.episodes, seed=a.seed, temperature=t)
+    free, done = res["free_play"], res["posttrain"]
     f = free["failures"]
     rows.append({"temperature": t, "free_play": free["success_rate"], "failures": f,
                  "posttrain": done["success_rate"], "posttrain_colours_done": done["colours_done_mean"]})
