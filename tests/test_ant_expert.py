@@ -9,9 +9,11 @@ import torch  # noqa: E402
 
 from internalrl.envs.ant import AntSpec, BatchedAntPinpad, cell_centres  # noqa: E402
 from internalrl.experts.ant import (  # noqa: E402
-    AntExpertConfig, AntExpertPolicy, MOVE_XY, _overrides, canonical_observation, expert_obs_dim, guidance,
-    load_ant_expert, quarter_turns, real_actions, save_policy, shaped_reward, training_end,
+    OUTCOMES, AntExpertConfig, AntExpertPolicy, MOVE_XY, _overrides, canonical_observation, evaluate_ant_expert,
+    expert_obs_dim, guidance, load_ant_expert, quarter_turns, real_actions, rollout_expert, save_policy,
+    shaped_reward, training_end,
 )
+from internalrl.envs.tasks import parse_task_set  # noqa: E402
 
 
 def _moving_env(n=4, seed=0):
@@ -125,3 +127,27 @@ def test_velocity_cap_limits_only_the_intrinsic_reward():
     np.testing.assert_allclose(plain, speed + [0.05, 1.05, -0.95], atol=1e-6)  # the visit, failure, alive terms stay
     with pytest.raises(ValueError, match="velocity_cap"):
         AntExpertConfig(velocity_cap=0.0)
+
+
+def test_evaluation_outcomes_match_how_each_episode_ended():
+    # a flailing untrained policy on small cells: episodes end in every way but success
+    spec = AntSpec(cell_size=1.0, horizon=30)
+    torch.manual_seed(0)
+    policy = AntExpertPolicy(expert_obs_dim(spec), 32)
+    with torch.no_grad():
+        policy.log_std.fill_(0.5)
+    env = BatchedAntPinpad(64, parse_task_set("ant-pretrain", spec.num_objects), spec, seed=0)
+    r = rollout_expert(policy, env, False, torch.Generator().manual_seed(0))
+    out = np.array(OUTCOMES)[r["outcome"]]
+    assert {"wrong colour", "wall", "fell", "time limit"} <= set(out)
+    np.testing.assert_array_equal(out == "success", r["success"])
+    np.testing.assert_array_equal(out == "time limit", r["lengths"] == spec.horizon)
+    ident = env.cell_identity[np.arange(64), np.maximum(env.cell, 0)]
+    on_wall = (env.cell < 0) | (ident < spec.num_walls)
+    assert on_wall[out == "wall"].all() and not on_wall[out == "wrong colour"].any()
+    z = env.qpos[:, 2]
+    assert ((z < spec.min_height) | (z > spec.max_height))[out == "fell"].all()
+    res = evaluate_ant_expert(policy, "ant-pretrain", num_episodes=20, seed=0, spec=spec, num_envs=8)
+    assert res["episodes"] == 20 and list(res["outcomes"]) == list(OUTCOMES)
+    assert sum(res["outcomes"].values()) == pytest.approx(1.0)
+    assert res["outcomes"]["success"] == pytest.approx(res["success_rate"])

@@ -547,14 +547,20 @@ def train_ant_expert(cfg: AntExpertConfig, out: str | Path, progress: bool = Tru
 
 
 # --------------------------------------------------------------------------- evaluation / data
+# How an evaluation episode ends; "fell" is the torso leaving AntSpec's healthy height range (too low or too high).
+OUTCOMES = ("success", "wrong colour", "wall", "fell", "time limit")
+
+
 def rollout_expert(policy: AntExpertPolicy, env: BatchedAntPinpad, mean_actions: bool,
                    generator: torch.Generator, record: bool = False):
-    """Run one lock-step batch of episodes. Returns a dict with ``success (N,)`` and, when
-    ``record``, ``observations (N, T+1, D)``, ``actions (N, T, 8)`` (clipped),
-    ``subgoals (N, T)`` and ``lengths (N,)``."""
+    """Run one lock-step batch of episodes. Returns a dict with ``success (N,)``, ``lengths (N,)``,
+    ``progress (N,)``, ``outcome (N,)`` (an index into :data:`OUTCOMES`: how each episode ended)
+    and, when ``record``, ``observations (N, T+1, D)``, ``actions (N, T, 8)`` (clipped) and
+    ``subgoals (N, T)``."""
     spec, n = env.spec, env.num_envs
     obs = env.reset()
     turns = np.full(n, -1, dtype=np.int64)
+    outcome = np.full(n, OUTCOMES.index("time limit"), dtype=np.int64)
     if record:
         observations = np.zeros((n, spec.horizon + 1, spec.obs_dim), np.float32)
         actions = np.zeros((n, spec.horizon, 8), np.float32)
@@ -570,10 +576,14 @@ def rollout_expert(policy: AntExpertPolicy, env: BatchedAntPinpad, mean_actions:
         if record:
             subgoals[:, t] = np.where(active, env.subgoal(), -1)
             actions[active, t] = a[active]
-        obs, _, _, _, info = env.step(a)
+        obs, _, terminated, _, info = env.step(a)
+        for name, key in (("success", "success"), ("wrong colour", "wrong_colour"), ("wall", "hit_wall"),
+                          ("fell", "fell")):
+            outcome[terminated & info[key]] = OUTCOMES.index(name)
         if record:
             observations[active, t + 1] = obs[active]
-    out = {"success": env.succeeded.copy(), "lengths": env.t.copy(), "progress": env.progress.copy()}
+    out = {"success": env.succeeded.copy(), "lengths": env.t.copy(), "progress": env.progress.copy(),
+           "outcome": outcome}
     if record:
         out.update(observations=observations, actions=actions, subgoals=subgoals)
     return out
@@ -588,17 +598,19 @@ def evaluate_ant_expert(policy: AntExpertPolicy, tasks: Sequence[Task] | str, nu
     rng = np.random.default_rng(seed)
     gen = torch.Generator().manual_seed(seed)
     env = BatchedAntPinpad(min(num_envs, num_episodes), tasks, spec, seed=rng)
-    succ, prog, done = [], [], 0
+    succ, prog, ends, done = [], [], [], 0
     while done < num_episodes:
         r = rollout_expert(policy, env, mean_actions, gen)
         take = min(env.num_envs, num_episodes - done)
         succ.append(r["success"][:take])
         prog.append(r["progress"][:take])
+        ends.append(r["outcome"][:take])
         done += take
     s = np.concatenate(succ)
+    counts = np.bincount(np.concatenate(ends), minlength=len(OUTCOMES))
     return {"episodes": int(len(s)), "success_rate": float(s.mean()),
             "mean_progress": float(np.concatenate(prog).mean()), "tasks": [task_str(t) for t in tasks],
-            "mean_actions": mean_actions}
+            "mean_actions": mean_actions, "outcomes": {k: float(c / len(s)) for k, c in zip(OUTCOMES, counts)}}
 
 
 def generate_ant_dataset(num_episodes: int, tasks: Sequence[Task] | str, seed: int,
@@ -735,7 +747,8 @@ def main(argv: Sequence[str] | None = None) -> None:
                                         spec=AntSpec(cell_size=args.cell_size))
                 res[f"{name}/{'mean' if mean else 'sampled'}"] = r
                 print(name, "mean" if mean else "sampled", f"success {r['success_rate']:.3f}",
-                      f"progress {r['mean_progress']:.2f}", f"({r['episodes']} episodes)", flush=True)
+                      f"progress {r['mean_progress']:.2f}", f"({r['episodes']} episodes);",
+                      ", ".join(f"{k} {v:.3f}" for k, v in r["outcomes"].items() if k != "success"), flush=True)
         print(json.dumps(res))
 
 
