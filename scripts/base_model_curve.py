@@ -1,7 +1,7 @@
 """Train a base model with config overrides and log, every K steps, the held-out next-action
 NLL/accuracy and the free-play completion rate (512 episodes) against training seconds.
 
-This is how the quick preset's base-model recipe was chosen (README, "What the quick base
+This is how the quick preset's base-model recipe was chosen (docs/journal.md, "What the quick base
 model needs"). Usage, one training per core:
 
     OMP_NUM_THREADS=1 taskset -c 0 .venv/bin/python scripts/base_model_curve.py NAME EVERY \\

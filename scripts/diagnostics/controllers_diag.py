@@ -9,7 +9,7 @@ steps: the training loss, the held-out action NLL (1024 episodes), and success a
 histogram of colours visited when episodes ended (1024 episodes each) on the pretraining tasks
 and (per-subgoal only) the post-training task. With --scales, the trained controllers are then
 evaluated with U multiplied by each factor (a stronger or weaker push), and for the post-training
-task it prints which wrong colours ended the episodes at each progress. Used for the README's
+task it prints which wrong colours ended the episodes at each progress. Used for docs/journal.md's
 controller diagnostics. With --train-tasks the controllers are trained on expert episodes of other
 tasks (for example the post-training task itself): how well a linear controller at LAYER *can* steer
 the frozen model through those transitions, when training shows them.

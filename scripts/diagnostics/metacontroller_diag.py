@@ -11,7 +11,7 @@ prints the training NLL and KL, and on 512 held-out episodes: action NLL, KL per
 F1 / precision / recall against subgoal changes (β hardened at 0.5, ±1 step), switches per
 episode and the fraction of β in (0.1, 0.9). --init continues a trained metacontroller (a fresh optimizer,
 α from the first step), e.g. with --switch gumbel to see what the binarizing phase does to it.
-Used for the README's metacontroller diagnostics.
+Used for the metacontroller diagnostics in docs/journal.md.
 """
 import argparse
 import time

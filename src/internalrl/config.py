@@ -175,7 +175,7 @@ def _quick() -> Config:
     c.data.num_episodes = 150_000
     # the egocentric encoder: a fixed re-indexing of o_t that a small CPU-trained model learns
     # from several times faster than the flat map; a narrow model with a gated (SwiGLU) MLP and
-    # small batches gets furthest per CPU-second (see README, "What the quick base model needs")
+    # small batches gets furthest per CPU-second (docs/journal.md, "What the quick base model needs")
     c.model = ModelConfig(width=64, depth=4, heads=4, head_dim=16, mlp=128, mlp_type="swiglu", obs_encoder="egocentric")
     c.train = TrainConfig(steps=10_000, batch_size=64, lr=4e-3, warmup_steps=200, final_lr_fraction=0.5,
                           eval_every=2500, checkpoint_every=1000, snapshots=4)
@@ -184,11 +184,11 @@ def _quick() -> Config:
     c.controllers = ControllerConfig(steps=1000, batch_size=64, lr=3e-3)
     # α = 0 for 200 steps, then ramped to α over 200: with α from the first step the code never gets used.
     # The switch aligns with the subgoals only after 5k-9k steps, at a chaotic point (F1 0 at 4k, 0.84 at 6k,
-    # 0.96 at 8k on one base model; 0.003 at 8k and 1.000 at 10k on another; README), hence 10k steps;
-    # lr 2e-3 aligned one base model sooner but left three of four stuck with a misplaced extra switch (README).
+    # 0.96 at 8k on one base model; 0.003 at 8k and 1.000 at 10k on another; docs/journal.md), hence 10k steps;
+    # lr 2e-3 aligned one base model sooner but left three of four stuck with a misplaced extra switch (docs/journal.md).
     # The co-trained variant gets 1000 steps to keep the pipeline within half an hour; it collapses to one
     # switch at 800 and at 8000 steps alike [choice]. The last tenth trains with a noisy (Gumbel) switch: the
-    # sigmoid switch leaves 43-50% of β in (0.1, 0.9) at 10k steps, the noisy tenth 1-16% (README, eighth session).
+    # sigmoid switch leaves 43-50% of β in (0.1, 0.9) at 10k steps, the noisy tenth 1-16% (docs/journal.md, eighth session).
     c.metacontroller = MetacontrollerConfig(steps=10_000, batch_size=64, lr=1e-3, kl_free_steps=200, kl_warmup_steps=200,
                                             cotrain_steps=1000, binarize_fraction=0.1)
     c.compile = CompileConfig(steps=400, batch_size=64, lr=1e-3)

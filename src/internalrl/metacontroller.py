@@ -39,7 +39,7 @@ class MetacontrollerConfig:
     gumbel_temperature: float = 0.5
     # [choice] the last this fraction of `steps` trains with logistic noise on the switch logit (the Gumbel
     # switch, at gumbel_temperature): a β that is neither 0 nor 1 then gives a noisy code, so the switch
-    # learns to decide. 0: off. Aligned sigmoid switches keep their places and turn near-binary (README).
+    # learns to decide. 0: off. Aligned sigmoid switches keep their places and turn near-binary (docs/journal.md).
     binarize_fraction: float = 0.0
     alpha: float = 0.17  # KL weight
     kl_free_steps: int = 0  # [choice] train with α = 0 for these first steps, so the code gets used at all
