@@ -86,6 +86,26 @@ def test_weights_round_trip_keeps_the_observation_options(tmp_path):
     assert q.symmetry and q.waypoints and q.hidden == 16
     x = torch.randn(3, p.obs_dim)
     torch.testing.assert_close(p.dist(x).mean, q.dist(x).mean)
+    assert [f.name for f in tmp_path.iterdir()] == ["w.safetensors"]  # written via a temporary file, renamed
+
+
+def test_training_command_refuses_bad_input_and_keeps_existing_weights(tmp_path, capsys):
+    from internalrl.cli import main
+
+    torch.manual_seed(0)
+    w = tmp_path / "w.safetensors"
+    save_policy(AntExpertPolicy(expert_obs_dim(AntSpec()), 16), w)
+    before = w.read_bytes()
+    for argv, says in ((["--out", str(w)], "already exists"),
+                       (["--out", str(tmp_path / "new.safetensors"), "--set", "velocity_cap=0"], "velocity_cap"),
+                       (["--out", str(tmp_path / "new.safetensors"), "--set", "num_envs=0"], "num_envs"),
+                       (["--out", str(tmp_path / "new.pt")], ".safetensors"),
+                       (["--out", str(tmp_path / "new.safetensors"), "--init", str(tmp_path / "no.safetensors")],
+                        "no ant expert weights")):
+        capsys.readouterr()
+        assert main(["ant-expert", "train", *argv]) == 2
+        assert says in capsys.readouterr().err
+    assert w.read_bytes() == before and sorted(f.name for f in tmp_path.iterdir()) == ["w.safetensors"]
 
 
 def test_config_overrides_are_typed():

@@ -67,6 +67,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -77,6 +78,7 @@ import torch
 import torch.nn as nn
 from tqdm.auto import tqdm
 
+from ..config import ConfigError
 from ..envs.ant import START_HEIGHT, AntSpec, BatchedAntPinpad, cell_centres
 from ..envs.gridworld import UNREACHABLE
 from ..envs.tasks import ANT_POSTTRAIN_TASK, ANT_PRETRAIN_TASKS, Task, parse_task_set, task_str
@@ -297,7 +299,10 @@ def save_policy(policy: AntExpertPolicy, path: str | Path, meta: dict | None = N
     tensors = {k: v.detach().contiguous() for k, v in policy.state_dict().items()}
     header = {"obs_dim": str(policy.obs_dim), "hidden": str(policy.hidden), "symmetry": str(int(policy.symmetry)),
               "waypoints": str(int(policy.waypoints)), **{k: str(v) for k, v in (meta or {}).items()}}
-    save_file(tensors, str(path), metadata=header)
+    path = Path(path)
+    tmp = path.with_name(path.name + ".tmp")  # written whole, then renamed: a kill never leaves half a file
+    save_file(tensors, str(tmp), metadata=header)
+    os.replace(tmp, path)
 
 
 def load_ant_expert(path: str | Path | None = None) -> AntExpertPolicy:
@@ -360,14 +365,14 @@ class AntExpertConfig:
     def __post_init__(self) -> None:
         for name in ("total_steps", "num_envs", "num_steps", "horizon", "hidden", "update_epochs", "num_minibatches"):
             if getattr(self, name) < 1:
-                raise ValueError(f"AntExpertConfig.{name} must be at least 1, got {getattr(self, name)}")
+                raise ConfigError(f"AntExpertConfig.{name} must be at least 1, got {getattr(self, name)}")
         if not self.height_limit > START_HEIGHT:
-            raise ValueError(f"AntExpertConfig.height_limit must be above the start height {START_HEIGHT}, "
+            raise ConfigError(f"AntExpertConfig.height_limit must be above the start height {START_HEIGHT}, "
                              f"got {self.height_limit}")
         if not self.velocity_cap > 0:
-            raise ValueError(f"AntExpertConfig.velocity_cap must be positive (m/s), got {self.velocity_cap}")
+            raise ConfigError(f"AntExpertConfig.velocity_cap must be positive (m/s), got {self.velocity_cap}")
         if not 0 < self.gamma <= 1 or not 0 <= self.gae_lambda <= 1:
-            raise ValueError("AntExpertConfig.gamma must be in (0, 1] and gae_lambda in [0, 1]")
+            raise ConfigError("AntExpertConfig.gamma must be in (0, 1] and gae_lambda in [0, 1]")
 
 
 def training_end(env: BatchedAntPinpad, cfg: AntExpertConfig) -> np.ndarray:
@@ -402,7 +407,8 @@ def train_ant_expert(cfg: AntExpertConfig, out: str | Path, progress: bool = Tru
         policy = load_ant_expert(init).train()
         if (policy.obs_dim != expert_obs_dim(spec) or policy.hidden != cfg.hidden
                 or policy.symmetry != cfg.symmetry or policy.waypoints != cfg.waypoints):
-            raise ValueError(f"--init weights {init} do not match this configuration")
+            raise ConfigError(f"--init weights {init} do not match this configuration (observation size, hidden, "
+                              "symmetry or waypoints differ)")
     else:
         policy = AntExpertPolicy(expert_obs_dim(spec), cfg.hidden, symmetry=cfg.symmetry, waypoints=cfg.waypoints)
         with torch.no_grad():
@@ -712,7 +718,10 @@ def main(argv: Sequence[str] | None = None) -> None:
     p = argparse.ArgumentParser(prog="python -m internalrl.experts.ant", description="Ant-pinpad PPO expert")
     sub = p.add_subparsers(dest="cmd", required=True)
     tr = sub.add_parser("train")
-    tr.add_argument("--out", default=str(DEFAULT_WEIGHTS))
+    tr.add_argument("--out", default="runs/ant_expert.safetensors",
+                    help="weights to write (default runs/ant_expert.safetensors; the shipped expert is "
+                         "src/internalrl/assets/ant_expert.safetensors)")
+    tr.add_argument("--overwrite", action="store_true", help="replace existing weights at --out")
     tr.add_argument("--seed", type=int, default=0)
     tr.add_argument("--total-steps", type=int, default=AntExpertConfig.total_steps)
     tr.add_argument("--max-seconds", type=float, default=float("inf"))
@@ -729,8 +738,14 @@ def main(argv: Sequence[str] | None = None) -> None:
     args = p.parse_args(argv)
     torch.set_num_threads(1)
     if args.cmd == "train":
-        cfg = AntExpertConfig(seed=args.seed, total_steps=args.total_steps, max_seconds=args.max_seconds,
-                              num_envs=args.num_envs, **_overrides(args.set))
+        out = Path(args.out)
+        if out.suffix != ".safetensors":
+            raise ConfigError(f"--out must end in .safetensors, got {out}")
+        if out.exists() and not args.overwrite:
+            raise ConfigError(f"{out} already exists; pass another --out, or --overwrite to replace it")
+        kwargs = dict(seed=args.seed, total_steps=args.total_steps, max_seconds=args.max_seconds,
+                      num_envs=args.num_envs)
+        cfg = AntExpertConfig(**{**kwargs, **_overrides(args.set)})  # --set FIELD=VALUE wins over a flag
         summary = train_ant_expert(cfg, args.out, init=args.init)
         summary["command"] = " ".join(["python -m internalrl.experts.ant", *(argv or sys.argv[1:])])
         summary["torch_threads"] = torch.get_num_threads()
@@ -753,4 +768,12 @@ def main(argv: Sequence[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    import sys
+
+    from ..envs.tasks import TaskError
+    from ..train import CheckpointError
+
+    try:
+        main()
+    except (ConfigError, CheckpointError, TaskError) as e:  # the same errors `internalrl ant-expert` reports
+        sys.exit(f"python -m internalrl.experts.ant: error: {e}")
