@@ -368,7 +368,7 @@ class AntExpertConfig:
                 raise ConfigError(f"AntExpertConfig.{name} must be at least 1, got {getattr(self, name)}")
         if not self.height_limit > START_HEIGHT:
             raise ConfigError(f"AntExpertConfig.height_limit must be above the start height {START_HEIGHT}, "
-                             f"got {self.height_limit}")
+                              f"got {self.height_limit}")
         if not self.velocity_cap > 0:
             raise ConfigError(f"AntExpertConfig.velocity_cap must be positive (m/s), got {self.velocity_cap}")
         if not 0 < self.gamma <= 1 or not 0 <= self.gae_lambda <= 1:
