@@ -4,9 +4,9 @@
 
 Reads the ``.metrics.jsonl`` that ``python -m internalrl.experts.ant train`` writes (one line per
 logged PPO update: statistics of the episodes that ended during it) and prints, per window, the
-number of episodes, the fraction that succeeded or ended in each way, and the speed along the path,
-each weighted by the episodes of the update (sampled actions, training episodes: "tipped" is the
-training-only tip-over end, "fell" the torso leaving [0.2, 1.0] m).
+number of episodes and the fraction that succeeded or ended in each way, weighted by the episodes
+of each update (sampled actions, training episodes: "tipped" is the training-only tip-over end,
+"fell" the torso leaving [0.2, 1.0] m), and the speed along the path averaged over the updates.
 """
 import argparse
 import json

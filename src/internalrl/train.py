@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import time
 from pathlib import Path
 
@@ -62,9 +63,13 @@ def evaluate_heldout(model: SequenceModel, data: Trajectories, idx: np.ndarray, 
     return {k: v / steps for k, v in sums.items()}
 
 
-def save_weights(module: torch.nn.Module, path: Path) -> None:
-    """A module's state dict as safetensors (CPU, contiguous)."""
-    save_file({k: v.detach().cpu().contiguous() for k, v in module.state_dict().items()}, str(path))
+def save_weights(module: torch.nn.Module, path: Path, metadata: dict[str, str] | None = None) -> None:
+    """A module's state dict as safetensors (CPU, contiguous), with an optional string header.
+    Written to a temporary file and renamed, so a kill never leaves half a file at ``path``."""
+    path = Path(path)
+    tmp = path.with_name(path.name + ".tmp")
+    save_file({k: v.detach().cpu().contiguous() for k, v in module.state_dict().items()}, str(tmp), metadata=metadata)
+    os.replace(tmp, path)
 
 
 def save_model(model: SequenceModel, folder: Path, name: str = "model") -> None:

@@ -48,8 +48,8 @@ walking faster earns nothing more (the uncapped expert walked at 0.8 m/s and a q
 training episodes ended with the torso bounced above 1 m; docs/ant.md, run P); the task reward is
 weighted ``success_bonus = 10``; each correct colour visited earns ``visit_bonus = 1``; a failure
 (wall, fall, wrong colour) costs ``failure_penalty = 5`` (1 until run P); every step earns
-``alive_bonus = 0.05`` and pays a control cost ``0.005·Σa²``. PPO as in CleanRL's continuous PPO (Gaussian with state-independent log-std,
-clamped to at least ``min_log_std = -1.2`` after every step, separate actor and critic MLPs of
+``alive_bonus = 0.05`` and pays a control cost ``0.005·Σa²``. PPO as in CleanRL's continuous
+PPO (Gaussian with state-independent log-std, clamped to at least ``min_log_std = -1.2`` after every step, separate actor and critic MLPs of
 128-128 tanh, 64 environments × 64-step segments with auto-reset, 5 epochs of 8 minibatches,
 GAE λ = 0.95, γ = 0.99, clip 0.2, linearly annealed learning rate 3e-4, running observation
 normalisation and return-based reward scaling; a time-limit end bootstraps from the value of
@@ -67,7 +67,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -294,15 +293,11 @@ class AntExpertPolicy(nn.Module):
 
 
 def save_policy(policy: AntExpertPolicy, path: str | Path, meta: dict | None = None) -> None:
-    from safetensors.torch import save_file
+    from ..train import save_weights
 
-    tensors = {k: v.detach().contiguous() for k, v in policy.state_dict().items()}
     header = {"obs_dim": str(policy.obs_dim), "hidden": str(policy.hidden), "symmetry": str(int(policy.symmetry)),
               "waypoints": str(int(policy.waypoints)), **{k: str(v) for k, v in (meta or {}).items()}}
-    path = Path(path)
-    tmp = path.with_name(path.name + ".tmp")  # written whole, then renamed: a kill never leaves half a file
-    save_file(tensors, str(tmp), metadata=header)
-    os.replace(tmp, path)
+    save_weights(policy, Path(path), header)
 
 
 def load_ant_expert(path: str | Path | None = None) -> AntExpertPolicy:
@@ -555,6 +550,8 @@ def train_ant_expert(cfg: AntExpertConfig, out: str | Path, progress: bool = Tru
 # --------------------------------------------------------------------------- evaluation / data
 # How an evaluation episode ends; "fell" is the torso leaving AntSpec's healthy height range (too low or too high).
 OUTCOMES = ("success", "wrong colour", "wall", "fell", "time limit")
+_ENDING_INFO = tuple((OUTCOMES.index(name), key) for name, key in (
+    ("success", "success"), ("wrong colour", "wrong_colour"), ("wall", "hit_wall"), ("fell", "fell")))
 
 
 def rollout_expert(policy: AntExpertPolicy, env: BatchedAntPinpad, mean_actions: bool,
@@ -583,9 +580,8 @@ def rollout_expert(policy: AntExpertPolicy, env: BatchedAntPinpad, mean_actions:
             subgoals[:, t] = np.where(active, env.subgoal(), -1)
             actions[active, t] = a[active]
         obs, _, terminated, _, info = env.step(a)
-        for name, key in (("success", "success"), ("wrong colour", "wrong_colour"), ("wall", "hit_wall"),
-                          ("fell", "fell")):
-            outcome[terminated & info[key]] = OUTCOMES.index(name)
+        for index, key in _ENDING_INFO:
+            outcome[terminated & info[key]] = index
         if record:
             observations[active, t + 1] = obs[active]
     out = {"success": env.succeeded.copy(), "lengths": env.t.copy(), "progress": env.progress.copy(),
@@ -746,12 +742,12 @@ def main(argv: Sequence[str] | None = None) -> None:
         kwargs = dict(seed=args.seed, total_steps=args.total_steps, max_seconds=args.max_seconds,
                       num_envs=args.num_envs)
         cfg = AntExpertConfig(**{**kwargs, **_overrides(args.set)})  # --set FIELD=VALUE wins over a flag
-        summary = train_ant_expert(cfg, args.out, init=args.init)
+        summary = train_ant_expert(cfg, out, init=args.init)
         summary["command"] = " ".join(["python -m internalrl.experts.ant", *(argv or sys.argv[1:])])
         summary["torch_threads"] = torch.get_num_threads()
         if math.isinf(summary["config"]["max_seconds"]):
             summary["config"]["max_seconds"] = None
-        Path(args.out).with_suffix(".json").write_text(json.dumps(summary, indent=2))
+        out.with_suffix(".json").write_text(json.dumps(summary, indent=2))
         print(json.dumps({k: v for k, v in summary.items() if k != "config"}))
     else:
         policy = load_ant_expert(args.weights)
@@ -770,10 +766,9 @@ def main(argv: Sequence[str] | None = None) -> None:
 if __name__ == "__main__":
     import sys
 
-    from ..envs.tasks import TaskError
-    from ..train import CheckpointError
+    from ..cli import USER_ERRORS
 
     try:
         main()
-    except (ConfigError, CheckpointError, TaskError) as e:  # the same errors `internalrl ant-expert` reports
+    except USER_ERRORS as e:  # reported as `internalrl ant-expert` reports them
         sys.exit(f"python -m internalrl.experts.ant: error: {e}")
