@@ -80,7 +80,7 @@ with torch.no_grad():
     after = float(nll(held))
 print(f"held-out action NLL with the subgoal codes: {before:.3f} at the start -> {after:.3f} "
       f"(base model alone {float(json.loads(Path(a.run, 'results.json').read_text())['base_model']['heldout_action_nll']):.3f})")
-print("subgoal code norms:", [round(float(x), 2) for x in codes.norm(dim=1)])
+print("subgoal code norms:", [round(float(x), 2) for x in codes.detach().norm(dim=1)])
 
 tmp = out.with_name(out.name + ".partial")
 shutil.rmtree(tmp, ignore_errors=True)
@@ -95,6 +95,10 @@ for item in src.iterdir():
         shutil.copytree(item, tmp / item.name)
     else:
         shutil.copy2(item, tmp / item.name)
+results = tmp / "results.json"  # the original's RL results do not describe this copy
+if results.exists():
+    kept = {k: v for k, v in json.loads(results.read_text()).items() if not k.startswith("rl_")}
+    results.write_text(json.dumps(kept, indent=2))
 save_weights(meta, tmp / a.stage / "frozen.safetensors")
 (tmp / a.stage / "subgoal_codes.json").write_text(json.dumps(codes.detach().tolist()))
 tmp.rename(out)
