@@ -1,0 +1,34 @@
+"""Train the quick preset's frozen metacontroller at another KL weight α on a finished run's base
+model and keep it in a new folder, for the diagnostics that read a run's metacontroller.
+
+    python scripts/diagnostics/metacontroller_at_alpha.py RUN_DIR ALPHA OUT_DIR
+    python scripts/diagnostics/internal_code_search.py OUT_DIR --set metacontroller.alpha=ALPHA ...
+
+OUT_DIR gets links to RUN_DIR's base_model and data and ``metacontroller/frozen.safetensors``,
+trained by the pipeline's own stage code with only α changed (``internalrl sweep-alpha`` trains the
+same but keeps no weights). Prints the switch metrics on 1000 held-out episodes.
+"""
+import json
+import os
+import sys
+from dataclasses import replace
+from pathlib import Path
+
+from internalrl import stages
+from internalrl.config import load_config
+from internalrl.rundir import RunDir
+
+if len(sys.argv) != 4:
+    raise SystemExit(__doc__)
+run_dir, alpha, out = sys.argv[1], float(sys.argv[2]), Path(sys.argv[3])
+if out.exists():
+    raise SystemExit(f"{out} exists; choose a new OUT_DIR")
+cfg = load_config("quick")
+run = RunDir(run_dir, cfg, create=False)
+(out / "metacontroller").mkdir(parents=True)
+for name in ("base_model", "data"):
+    os.symlink(Path(run_dir, name).resolve(), out / name)
+mc = replace(cfg.metacontroller, alpha=alpha)
+res = stages._train_and_eval_meta(cfg, run, mc, "frozen", True, save_to=out / "metacontroller")
+print(json.dumps({k: res[k] for k in ("f1", "precision", "recall", "switches_per_episode",
+                                      "fraction_beta_intermediate", "action_nll", "kl")}))
