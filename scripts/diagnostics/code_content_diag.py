@@ -24,7 +24,7 @@ import argparse
 import numpy as np
 import torch
 
-from finished_run import add_run_arguments, linear_probe, load_run
+from finished_run import add_run_arguments, compass_direction, linear_probe, load_run
 from internalrl.data import make_batch
 from internalrl.envs.tasks import parse_task_set
 
@@ -64,10 +64,7 @@ with torch.no_grad():
                 t1 = (starts[k + 1] if k + 1 < len(starts) else n) - 1
                 g = int(s[t0])
                 target = cells[2 * g]
-                ay, ax = divmod(int(agent[i, t0]), spec.size)
-                ty, tx = divmod(target, spec.size)
-                dy, dx = ty - ay, tx - ax
-                direction = (0 if dy < 0 else 1) if abs(dy) >= abs(dx) else (2 if dx < 0 else 3)
+                direction = int(compass_direction(int(agent[i, t0]), target, spec.size))
                 alt = -1
                 if k > 0:
                     prev = int(s[starts[k - 1]])

@@ -32,6 +32,14 @@ def load_run(args):
     return cfg, base, meta, data, val_idx
 
 
+def compass_direction(agent, target, size: int):
+    """The main compass direction from grid cell ``agent`` to cell ``target`` (ints or arrays):
+    0 up, 1 down, 2 left, 3 right; vertical when the two axes tie."""
+    agent, target = np.asarray(agent), np.asarray(target)
+    dy, dx = target // size - agent // size, target % size - agent % size
+    return np.where(np.abs(dy) >= np.abs(dx), np.where(dy < 0, 0, 1), np.where(dx < 0, 2, 3))
+
+
 def linear_probe(x: torch.Tensor, y: np.ndarray, test: np.ndarray, seed: int = 0) -> tuple[float, float]:
     """A softmax regression from ``x`` (N, D) to the labels ``y`` (N,), fit (300 full-batch Adam
     steps on standardised inputs) where ``test`` is False and scored where it is True.

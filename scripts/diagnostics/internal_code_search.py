@@ -28,7 +28,7 @@ import time
 import numpy as np
 import torch
 
-from finished_run import add_run_arguments, load_run
+from finished_run import add_run_arguments, compass_direction, load_run
 from internalrl.envs.gridworld import BatchedGridPinpad
 from internalrl.envs.tasks import parse_task_set
 from internalrl.rl.internal import rollout_internal
@@ -51,13 +51,9 @@ rows = {"subgoal": spec.num_subgoals, "direction": 4, "both": 4 * spec.num_subgo
 
 
 def direction(env: BatchedGridPinpad) -> np.ndarray:
-    """(N,) 0 up, 1 down, 2 left, 3 right: the main axis from the agent to the next colour."""
-    nxt = env.next_colour()
-    cell = env.colour_cell[env._ar, np.maximum(nxt, 0)]
-    dr = cell // spec.size - env.agent // spec.size
-    dc = cell % spec.size - env.agent % spec.size
-    vertical = np.abs(dr) >= np.abs(dc)
-    return np.where(vertical, np.where(dr < 0, 0, 1), np.where(dc < 0, 2, 3))
+    """(N,) the main compass direction from the agent to the next colour."""
+    target = env.colour_cell[np.arange(env.num_envs), np.maximum(env.next_colour(), 0)]
+    return compass_direction(env.agent, target, spec.size)
 
 
 def row_index(env: BatchedGridPinpad) -> np.ndarray:
@@ -73,20 +69,19 @@ def evaluate(tables: torch.Tensor, episodes: int, seed: int) -> tuple[np.ndarray
     """tables (C, rows, nz) -> per-candidate success and mean progress fraction, each
     candidate on the same ``episodes`` layouts (env seed ``seed``)."""
     c = tables.shape[0]
-    env = BatchedGridPinpad(c * episodes, tasks, spec, seed=seed)
-    # the same layouts for every candidate: sample once, copy into every block
+    # the same layouts for every candidate: sample them once (solvable), copy them into every block
     one = BatchedGridPinpad(episodes, tasks, spec, seed=seed)
     one.reset()
-    env.reset(task_index=np.tile(one.task_index, c))
+    env = BatchedGridPinpad(c * episodes, tasks, spec, seed=seed, require_solvable=False)
+    env.reset(task_index=np.tile(one.task_index, c))  # the tasks; its own layouts are replaced below
     env.load_layout(np.tile(one.cell_identity, (c, 1)), np.tile(one.agent, c))
-    env.reset = lambda *args, **kw: env.observation()  # rollout_internal resets: keep these layouts
     owner = torch.arange(c).repeat_interleave(episodes)
 
     def codes(t, e):
         return tables[owner, torch.as_tensor(row_index(e))]
 
     with torch.no_grad():
-        rollout_internal(base, meta, None, env, layer, seed=seed, device="cpu", codes=codes)
+        rollout_internal(base, meta, None, env, layer, seed=seed, device="cpu", codes=codes, reset=False)
     success = env.succeeded.reshape(c, episodes).mean(1)
     progress = (env.progress / env.task_len[env.task_index]).reshape(c, episodes).mean(1)
     return success, progress

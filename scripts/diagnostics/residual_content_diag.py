@@ -18,7 +18,7 @@ import argparse
 import numpy as np
 import torch
 
-from finished_run import add_run_arguments, linear_probe, load_base_run
+from finished_run import add_run_arguments, compass_direction, linear_probe, load_base_run
 from internalrl.data import make_batch
 
 p = argparse.ArgumentParser()
@@ -46,10 +46,7 @@ with torch.no_grad():
                     first_done = False
                 g = int(sub[t])
                 target = cell_of[2 * g + int(first_done)]
-                ay, ax = divmod(int(agent[t]), spec.size)
-                ty, tx = divmod(target, spec.size)
-                dy, dx = ty - ay, tx - ax
-                direction = (0 if dy < 0 else 1) if abs(dy) >= abs(dx) else (2 if dx < 0 else 3)
+                direction = int(compass_direction(int(agent[t]), target, spec.size))
                 labels.append((ep, g, direction, int(data.arrays["actions"][ep, t])))
                 for l, e in enumerate(stream):
                     layers[l].append(e[i, t].numpy())

@@ -27,6 +27,7 @@ import numpy as np
 import torch
 
 from finished_run import add_run_arguments, load_run
+from internalrl.analysis.controllers import controlled_action_nll, freeze, heldout_controlled_nll
 from internalrl.data import batch_indices, make_batch
 from internalrl.train import save_weights
 
@@ -42,8 +43,7 @@ out = Path(a.out)
 if out.exists():
     raise SystemExit(f"{out} exists; choose a new OUT_DIR")
 cfg, base, meta, data, val_idx = load_run(a)
-for prm in base.parameters():
-    prm.requires_grad_(False)
+freeze(base)
 spec = cfg.env.spec()
 layer = cfg.meta_layer()
 train_idx, _ = data.split(cfg.data.val_fraction)
@@ -54,30 +54,28 @@ params = list(meta.decoder.parameters()) + [codes]
 opt = torch.optim.Adam(params, lr=a.lr)
 
 
-def nll(batch) -> torch.Tensor:
-    with torch.no_grad():
-        residual = base.lower(batch.obs[:, :-1], layer)
-    z = codes[batch.subgoals.clamp(min=0)]
-    heads = base.upper(meta.control(residual, z), layer)
-    mask = batch.mask.float()
-    return -(base.action_log_prob(heads, batch.actions) * mask).sum() / mask.sum()
+def table_controller(residual: torch.Tensor, subgoal: torch.Tensor) -> torch.Tensor:
+    """The decoder's controller for the code of each step's subgoal (the SubgoalControllers call)."""
+    return meta.control(residual, codes[subgoal.clamp(min=0)])
 
 
-held = make_batch(data, val_idx[:512])
-with torch.no_grad():
-    before = float(nll(held))
+def heldout() -> float:
+    return heldout_controlled_nll(base, table_controller, layer, data, val_idx[:512], 512, "cpu")
+
+
+before = heldout()
 t0 = time.perf_counter()
 for step in range(a.steps):
     for g in opt.param_groups:
         g["lr"] = a.lr * 0.5 * (1 + np.cos(np.pi * step / a.steps))
-    loss = nll(make_batch(data, batch_indices(train_idx, a.batch_size, a.seed + 77, step, lengths)))
+    batch = make_batch(data, batch_indices(train_idx, a.batch_size, a.seed + 77, step, lengths))
+    loss = controlled_action_nll(base, table_controller, layer, batch)
     opt.zero_grad(set_to_none=True)
     loss.backward()
     opt.step()
     if (step + 1) % 200 == 0:
         print(f"step {step + 1}: train NLL {float(loss.detach()):.3f} ({time.perf_counter() - t0:.0f} s)", flush=True)
-with torch.no_grad():
-    after = float(nll(held))
+after = heldout()
 print(f"held-out action NLL with the subgoal codes: {before:.3f} at the start -> {after:.3f} "
       f"(base model alone {float(json.loads(Path(a.run, 'results.json').read_text())['base_model']['heldout_action_nll']):.3f})")
 print("subgoal code norms:", [round(float(x), 2) for x in codes.detach().norm(dim=1)])

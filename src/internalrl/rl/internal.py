@@ -38,15 +38,18 @@ class InternalRollout:
 def rollout_internal(base: SequenceModel, meta: Metacontroller, policy: RecurrentCodePolicy | None,
                      env: BatchedGridPinpad, layer: int, seed: int, device, *,
                      codes: torch.Tensor | Callable[[int, BatchedGridPinpad], torch.Tensor] | None = None,
-                     actions: torch.Tensor | None = None, threshold: float = 0.5) -> InternalRollout:
+                     actions: torch.Tensor | None = None, threshold: float = 0.5,
+                     reset: bool = True) -> InternalRollout:
     """Roll out N episodes in lock-step. ``codes`` (N, T, n_z) replaces the policy's samples
     and ``actions`` (N, T) the sampled raw actions (for replaying a recorded trajectory).
     ``codes`` may also be a function ``(t, env) -> (N, n_z)`` choosing the codes as the
-    episodes go (e.g. an oracle that knows each environment's subgoal)."""
+    episodes go (e.g. an oracle that knows each environment's subgoal). The environments are
+    reset first, unless ``reset`` is False or ``actions`` replays a recording: then the episodes
+    start from the layouts already in ``env`` (e.g. set with ``env.load_layout``)."""
     n, horizon = env.num_envs, env.spec.horizon
     gen = torch.Generator(device=device).manual_seed(seed)
     nz = meta.cfg.code_dim
-    obs = env.reset() if actions is None else env.observation()
+    obs = env.reset() if reset and actions is None else env.observation()
     rows = LiveRows(n, device)  # the environments still computed; finished ones are dropped as they pile up
     state = base.initial_state(n, device)
     h = torch.zeros(n, meta.cfg.history_dim, device=device)
