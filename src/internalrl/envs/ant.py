@@ -73,7 +73,7 @@ from typing import Sequence
 
 import numpy as np
 
-from .gridworld import BatchedGridPinpad, GridSpec, PALETTE, pad_tasks
+from .gridworld import BatchedGridPinpad, GridSpec, draw_cells, pad_tasks
 from .tasks import Task, TaskError, advance_tasks, next_colours, subgoals_of
 
 try:  # MuJoCo is the optional ``ant`` extra
@@ -491,16 +491,7 @@ def render_rgb(env: BatchedAntPinpad, i: int = 0, path: Sequence[Sequence[float]
     spec = env.spec
     g, px = spec.size, cell_px
     size = g * px
-    img = np.full((size, size, 3), 255, dtype=np.uint8)
-    ident = env.cell_identity[i]
-    for cell in range(spec.num_cells):
-        r, c = divmod(cell, g)
-        block = img[r * px : (r + 1) * px, c * px : (c + 1) * px]
-        if 0 <= ident[cell] < spec.num_walls:
-            block[:] = 64
-        elif ident[cell] >= spec.num_walls:
-            block[:] = PALETTE[(ident[cell] - spec.num_walls) % len(PALETTE)]
-        block[0, :] = block[:, 0] = 200
+    img = draw_cells(env.cell_identity[i], g, spec.num_walls, px)
 
     def to_px(xy):
         xy = np.asarray(xy, dtype=np.float64).reshape(-1, 2)

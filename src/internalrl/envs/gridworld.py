@@ -357,21 +357,28 @@ PALETTE = np.array(
 )
 
 
+def draw_cells(ident: np.ndarray, size: int, num_walls: int, cell_px: int) -> np.ndarray:
+    """(size*cell_px, size*cell_px, 3) uint8 picture of a layout: ``ident`` holds one identity per
+    cell (< 0 empty, < num_walls a wall drawn dark grey, else an object in its colour), with grid lines."""
+    px = cell_px
+    img = np.full((size * px, size * px, 3), 255, dtype=np.uint8)
+    for cell in range(size * size):
+        r, c = divmod(cell, size)
+        block = img[r * px : (r + 1) * px, c * px : (c + 1) * px]
+        if 0 <= ident[cell] < num_walls:
+            block[:] = 64
+        elif ident[cell] >= num_walls:
+            block[:] = PALETTE[(ident[cell] - num_walls) % len(PALETTE)]
+        block[0, :] = block[:, 0] = 200  # grid lines
+    return img
+
+
 def render_rgb(env: BatchedGridPinpad, i: int = 0, path: Sequence[int] = (), cell_px: int = 24) -> np.ndarray:
     """(H, W, 3) uint8 picture of environment i: coloured cells, walls, the agent as a black
     disc and, if given, a path of flat cell indices drawn as a line of dots."""
     spec = env.spec
     g, px = spec.size, cell_px
-    img = np.full((g * px, g * px, 3), 255, dtype=np.uint8)
-    ident = env.cell_identity[i]
-    for cell in range(spec.num_cells):
-        r, c = divmod(cell, g)
-        block = img[r * px : (r + 1) * px, c * px : (c + 1) * px]
-        if 0 <= ident[cell] < spec.num_walls:
-            block[:] = 64
-        elif ident[cell] >= spec.num_walls:
-            block[:] = PALETTE[(ident[cell] - spec.num_walls) % len(PALETTE)]
-        block[0, :] = block[:, 0] = 200  # grid lines
+    img = draw_cells(env.cell_identity[i], g, spec.num_walls, px)
     yy, xx = np.mgrid[0:px, 0:px] - (px - 1) / 2
     for j, cell in enumerate(path):
         r, c = divmod(int(cell), g)
