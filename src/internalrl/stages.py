@@ -418,11 +418,15 @@ def _load_meta(path, cfg_meta, width: int, device):
     return _load_weights(Metacontroller(cfg_meta, width), path, device)
 
 
+def noswitch_stage_name(meta_seed: int) -> str:
+    return "metacontroller_noswitch" + (f"_m{meta_seed}" if meta_seed else "")
+
+
 def stage_noswitch_metacontroller(cfg: Config, run: RunDir, progress: bool = True, meta_seed: int = 0):
     """A metacontroller trained with β ≡ 1 (for the no-temporal-abstraction baseline)."""
     from dataclasses import replace
 
-    stage = "metacontroller_noswitch" + (f"_m{meta_seed}" if meta_seed else "")
+    stage = noswitch_stage_name(meta_seed)
     if run.done(stage):
         return run.path(stage)
     work = run.partial(stage)
@@ -505,15 +509,17 @@ def run_rl(cfg: Config, run: RunDir, method: str, task: str | None = None, meta_
     if method == "raw":
         _, curve = train_raw_rl(base, spec, tasks[0], cfg.rl, seed, device, progress, desc=name)
     else:
+        # a stage this method needs is trained here if missing; a finished one is reused without a "skipped" line
+        needs = {"compile": (compile_stage_name(meta_seed), stage_compile),
+                 "no-switch": (noswitch_stage_name(meta_seed), stage_noswitch_metacontroller)}
+        stage, build = needs.get(method, (meta_stage_name(meta_seed), stage_metacontroller))
+        folder = run.path(stage) if run.done(stage) else build(cfg, run, progress, meta_seed)
         if method == "compile":
-            folder = stage_compile(cfg, run, progress, meta_seed)
             meta = _load_compile(folder / "compile.safetensors", cfg.compile, base, device)
         elif method == "no-switch":
-            folder = stage_noswitch_metacontroller(cfg, run, progress, meta_seed)
             meta = _load_meta(folder / "noswitch.safetensors", replace(cfg.metacontroller, switch="always"),
                               base.cfg.width, device)
         else:
-            folder = stage_metacontroller(cfg, run, progress, meta_seed)
             label = "frozen" if method == "internal" else "cotrained"
             meta = _load_meta(folder / f"{label}.safetensors", cfg.metacontroller, base.cfg.width, device)
             if method == "cotrained":
