@@ -23,13 +23,13 @@ import shutil
 import time
 from pathlib import Path
 
-import numpy as np
 import torch
 
 from finished_run import add_run_arguments, load_run
 from internalrl.analysis.controllers import controlled_action_nll, freeze, heldout_controlled_nll
+from internalrl.config import ControllerConfig
 from internalrl.data import batch_indices, make_batch
-from internalrl.train import save_weights
+from internalrl.train import lr_at, save_weights
 
 p = argparse.ArgumentParser()
 add_run_arguments(p)
@@ -52,6 +52,7 @@ torch.manual_seed(a.seed)
 codes = torch.nn.Parameter(torch.randn(spec.num_subgoals, meta.cfg.code_dim))
 params = list(meta.decoder.parameters()) + [codes]
 opt = torch.optim.Adam(params, lr=a.lr)
+schedule = ControllerConfig(steps=a.steps, lr=a.lr)  # cosine from lr to 0, no warm-up, as the controllers' default
 
 
 def table_controller(residual: torch.Tensor, subgoal: torch.Tensor) -> torch.Tensor:
@@ -67,7 +68,7 @@ before = heldout()
 t0 = time.perf_counter()
 for step in range(a.steps):
     for g in opt.param_groups:
-        g["lr"] = a.lr * 0.5 * (1 + np.cos(np.pi * step / a.steps))
+        g["lr"] = lr_at(step, schedule)
     batch = make_batch(data, batch_indices(train_idx, a.batch_size, a.seed + 77, step, lengths))
     loss = controlled_action_nll(base, table_controller, layer, batch)
     opt.zero_grad(set_to_none=True)

@@ -509,17 +509,18 @@ def run_rl(cfg: Config, run: RunDir, method: str, task: str | None = None, meta_
     if method == "raw":
         _, curve = train_raw_rl(base, spec, tasks[0], cfg.rl, seed, device, progress, desc=name)
     else:
-        # a stage this method needs is trained here if missing; a finished one is reused without a "skipped" line
-        needs = {"compile": (compile_stage_name(meta_seed), stage_compile),
-                 "no-switch": (noswitch_stage_name(meta_seed), stage_noswitch_metacontroller)}
-        stage, build = needs.get(method, (meta_stage_name(meta_seed), stage_metacontroller))
-        folder = run.path(stage) if run.done(stage) else build(cfg, run, progress, meta_seed)
+        def needed(stage: str, build) -> Path:  # a finished stage is reused quietly, a missing one trained now
+            return run.path(stage) if run.done(stage) else build(cfg, run, progress, meta_seed)
+
         if method == "compile":
+            folder = needed(compile_stage_name(meta_seed), stage_compile)
             meta = _load_compile(folder / "compile.safetensors", cfg.compile, base, device)
         elif method == "no-switch":
+            folder = needed(noswitch_stage_name(meta_seed), stage_noswitch_metacontroller)
             meta = _load_meta(folder / "noswitch.safetensors", replace(cfg.metacontroller, switch="always"),
                               base.cfg.width, device)
         else:
+            folder = needed(meta_stage_name(meta_seed), stage_metacontroller)
             label = "frozen" if method == "internal" else "cotrained"
             meta = _load_meta(folder / f"{label}.safetensors", cfg.metacontroller, base.cfg.width, device)
             if method == "cotrained":
