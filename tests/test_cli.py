@@ -58,14 +58,24 @@ def test_killed_training_resumes_to_the_same_weights(tmp_path):
     full, _ = train_base_model(cfg, data, tmp_path / "full", progress=False)
     model, info = train_base_model(cfg, data, tmp_path / "resumed", progress=False, stop_after=3)
     assert model is None and info["stopped_at"] == 3
-    assert json.loads((tmp_path / "resumed" / "checkpoint.json").read_text())["step"] == 3
+    assert torch.load(tmp_path / "resumed" / "checkpoint.pt", weights_only=True)["step"] == 3
     resumed, _ = train_base_model(cfg, data, tmp_path / "resumed", progress=False)
     for (k, a), b in zip(full.state_dict().items(), resumed.state_dict().values()):
-        assert torch.allclose(a, b, atol=1e-6), k
-    assert not (tmp_path / "resumed" / "checkpoint.json").exists()
-    # a corrupt checkpoint is refused with what to do
-    train_base_model(cfg, data, tmp_path / "bad", progress=False, stop_after=2)
-    (tmp_path / "bad" / "checkpoint.safetensors").write_bytes(b"junk")
+        assert torch.equal(a, b), k
+    # the log has each row once, as if never interrupted
+    assert (tmp_path / "resumed" / "train_log.jsonl").read_text().count('"step": 6,') == \
+        (tmp_path / "full" / "train_log.jsonl").read_text().count('"step": 6,') == 2
+    # the finished state stays until the stage is published: a second call trains nothing
+    assert torch.load(tmp_path / "resumed" / "checkpoint.pt", weights_only=True)["step"] == 6
+    again, _ = train_base_model(cfg, data, tmp_path / "resumed", progress=False, stop_after=1)
+    assert again is not None and torch.equal(again.state_dict()["embed.linear.weight"], full.state_dict()["embed.linear.weight"])
+    # a damaged newest checkpoint falls back to the one before it; both damaged: refused with what to do
+    train_base_model(cfg, data, tmp_path / "bad", progress=False, stop_after=3)
+    (tmp_path / "bad" / "checkpoint.pt").write_bytes(b"junk")
+    fallback, _ = train_base_model(cfg, data, tmp_path / "bad", progress=False)
+    assert torch.equal(fallback.state_dict()["embed.linear.weight"], full.state_dict()["embed.linear.weight"])
+    for f in ("checkpoint.pt", "checkpoint.pt.prev"):
+        (tmp_path / "bad" / f).write_bytes(b"junk")
     with pytest.raises(CheckpointError, match="delete"):
         train_base_model(cfg, data, tmp_path / "bad", progress=False)
 

@@ -277,15 +277,18 @@ def binarize_start(cfg: MetacontrollerConfig) -> int:
 
 
 def train_metacontroller(base, data, train_idx, cfg: MetacontrollerConfig, layer: int, seed: int, device,
-                         progress: bool = True, desc: str = "metacontroller", monitor=None, monitor_every: int = 0):
+                         progress: bool = True, desc: str = "metacontroller", monitor=None, monitor_every: int = 0,
+                         checkpoint=None):
     """Train on expert data with the base model frozen (or jointly, with ``cfg.cotrain``).
     Returns the metacontroller and a curve of (step, action NLL, KL). With ``monitor`` (a
     function of the metacontroller returning a dict of numbers, e.g. held-out switch metrics),
     it is also called every ``monitor_every`` steps and after the last, and each call's
     ``{"step": …, **monitor(meta)}`` is appended to ``meta.monitored``. Monitoring draws on no
-    random stream of the training, so the trained weights are the same with or without it."""
+    random stream of the training, so the trained weights are the same with or without it.
+    ``checkpoint`` (a :class:`~internalrl.checkpoint.Checkpoint`) makes a killed run resume."""
     from tqdm.auto import tqdm
 
+    from .checkpoint import Checkpoint
     from .data import batch_indices, make_batch
 
     torch.manual_seed(seed)
@@ -301,9 +304,12 @@ def train_metacontroller(base, data, train_idx, cfg: MetacontrollerConfig, layer
     opt = torch.optim.AdamW(groups, weight_decay=cfg.weight_decay)
     gen = torch.Generator(device=device).manual_seed(seed)
     lengths = data.arrays["lengths"]
-    curve, monitored = [], []
+    ckpt = checkpoint or Checkpoint.off()
+    ckpt.hint = "metacontroller.lr" + (" or metacontroller.base_lr" if cfg.cotrain else "")
+    start, extra = ckpt.restore({"meta": meta, **({"base": base} if cfg.cotrain else {})}, {"opt": opt}, {"gen": gen})
+    curve, monitored = [tuple(c) for c in extra.get("curve", [])], extra.get("monitored", [])
     binarize_from = binarize_start(cfg)
-    for step in tqdm(range(cfg.steps), desc=desc, disable=not progress, leave=False):
+    for step in tqdm(range(start, cfg.steps), desc=desc, disable=not progress, leave=False, initial=start, total=cfg.steps):
         batch = make_batch(data, batch_indices(train_idx, cfg.batch_size, seed, step, lengths)).to(device)
         meta.noisy_switch = cfg.switch == "gumbel" or step >= binarize_from
         res = metacontroller_loss(base, meta, layer, batch, kl_weight(cfg, step), gen)
@@ -317,6 +323,8 @@ def train_metacontroller(base, data, train_idx, cfg: MetacontrollerConfig, layer
             monitored.append({"step": step + 1, **monitor(meta)})
             meta.train()
             base.train(cfg.cotrain)
+        ckpt.maybe_save(step + 1, cfg.steps, lambda: {"curve": curve, "monitored": monitored})
+    ckpt.save(cfg.steps, {"curve": curve, "monitored": monitored})
     meta.monitored = monitored
     meta.noisy_switch = cfg.switch == "gumbel"
     for p in base.parameters():

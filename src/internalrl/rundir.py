@@ -3,18 +3,42 @@ when whole, so a finished artifact is never replaced by a broken one and a kille
 resumes where it stopped. ``run.json`` records the version and config that own the folder;
 a different config is refused rather than mixed in. A config section that did not exist when
 the run was made (absent from its ``run.json``) is not compared: none of its stages used it; nor is a
-field added since, when it holds its default (the run behaved as the default does)."""
+field added since, when it holds its default (the run behaved as the default does). The ``rl``
+section may differ: each RL run is its own folder, named after its settings.
+
+One process at a time owns a run directory: :class:`RunDir` takes an exclusive lock on
+``.lock`` inside it (released when the process ends, however it ends), and a second process
+is refused with a message naming the holder. Every file is written atomically
+(:mod:`internalrl.atomic`); a finished stage keeps checksums of its files (``MANIFEST.json``)
+so a damaged artifact is reported rather than used. ``results.json`` holds every stage's
+headline numbers, and their timings apart under ``"timings"``, so two runs compare with a diff."""
 from __future__ import annotations
 
+import dataclasses
+import datetime
 import json
 import os
+import shlex
 import shutil
+import socket
+import subprocess
+import sys
+import weakref
 from pathlib import Path
 
+try:
+    import fcntl
+except ImportError:  # not POSIX: no lock (the rest still works)
+    fcntl = None
+
 from . import __version__
-from .config import Config
+from .atomic import StorageError, describe_os_error, manifest, missing_files, write_json
+from .config import Config, ConfigError
 
 RUN_FORMAT = 1
+LOCK_FILE = ".lock"
+MAY_DIFFER = ("rl",)  # config sections a command may change on an existing run (each RL run names its settings)
+TIMING_KEYS = ("seconds", "train_seconds", "tokens_per_s_last_session")  # headline numbers that are timings
 
 
 class RunDirError(RuntimeError):
@@ -40,17 +64,152 @@ def _without_additions(current, stored, defaults):
             if k in stored or not (isinstance(v, dict) or v == defaults.get(k, object()))}
 
 
+# ------------------------------------------------------------------ provenance
+def _git(*args: str) -> str | None:
+    try:
+        r = subprocess.run(["git", "-C", str(Path(__file__).parent), *args], capture_output=True, text=True, timeout=10)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return r.stdout.strip() if r.returncode == 0 else None
+
+
+def provenance() -> dict:
+    """What made an artifact: the date, the command line, the host, the code (package version,
+    git commit and whether the checkout had uncommitted changes) and the versions of its dependencies."""
+    from importlib import metadata
+
+    deps = {}
+    for name in ("torch", "numpy", "safetensors", "gymnasium", "matplotlib", "tqdm", "mujoco"):
+        try:
+            deps[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            pass
+    commit = _git("rev-parse", "HEAD")
+    dirty = _git("status", "--porcelain", "--untracked-files=no") if commit else None
+    return {"date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+            "command": shlex.join(["internalrl", *sys.argv[1:]]), "host": socket.gethostname(),
+            "internalrl_version": __version__, "git_commit": commit, "git_dirty": bool(dirty) if commit else None,
+            "python": sys.version.split()[0], "dependencies": deps}
+
+
+# ------------------------------------------------------------------ the lock
+_HELD: "weakref.WeakValueDictionary[str, _RunLock]" = weakref.WeakValueDictionary()
+
+
+class _RunLock:
+    """An exclusive ``flock`` on ``root/.lock``, held while this object lives (and by the kernel only
+    while the process lives: a killed holder never leaves a stale lock). The file records the
+    holder (pid, host, command, start) so that a refused process can say who holds it."""
+
+    def __init__(self, root: Path) -> None:
+        self.fd = None
+        path = root / LOCK_FILE
+        try:
+            fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+        except OSError as e:
+            raise StorageError(describe_os_error(e, path)) from None
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            try:
+                holder = json.loads(os.pread(fd, 65536, 0) or b"{}")
+            except ValueError:
+                holder = {}
+            os.close(fd)
+            who = (f"pid {holder.get('pid', '?')} on host {holder.get('host', '?')}, started {holder.get('started', '?')}: "
+                   f"{holder.get('command', '?')}")
+            raise RunDirError(f"{root} is in use by another internalrl process ({who}). Wait for it to finish "
+                              "(or stop it), or use another --out folder.") from None
+        info = {"pid": os.getpid(), "host": socket.gethostname(), "command": shlex.join(["internalrl", *sys.argv[1:]]),
+                "started": datetime.datetime.now().astimezone().isoformat(timespec="seconds")}
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, json.dumps(info).encode(), 0)
+        self.fd = fd
+
+    def __del__(self) -> None:
+        if self.fd is not None:
+            os.close(self.fd)  # closing the last descriptor releases the lock
+            self.fd = None
+
+
+def _lock(root: Path):
+    """This process's lock on ``root``: taken once, shared by every RunDir of the process on that folder."""
+    if fcntl is None:
+        return None
+    key = str(root.resolve())
+    lock = _HELD.get(key)
+    if lock is None:
+        lock = _RunLock(root)
+        _HELD[key] = lock
+    return lock
+
+
+# ------------------------------------------------------------------ the stored config
+def read_run_json(root: Path) -> dict | None:
+    """The record of the run in ``root`` (None if there is none); a damaged record is refused with what to do."""
+    path = Path(root) / "run.json"
+    if not path.is_file():
+        return None
+    try:
+        meta = json.loads(path.read_text())
+    except (OSError, ValueError):
+        meta = None
+    if not (isinstance(meta, dict) and isinstance(meta.get("config"), dict)):
+        raise RunDirError(f"{path} is corrupt (not an internalrl run record); if the folder holds a run you want, restore "
+                          "its run.json (it records the run's config), otherwise use another --out folder")
+    return meta
+
+
+def config_from_dict(d: dict, cls=Config):
+    """The dataclass ``cls`` with the values of ``d`` (a ``to_dict()``); fields ``d`` lacks keep their defaults."""
+    obj = cls()
+    for f in dataclasses.fields(cls):
+        if f.name not in d:
+            continue
+        cur = getattr(obj, f.name)
+        if dataclasses.is_dataclass(cur):
+            if not isinstance(d[f.name], dict):
+                raise RunDirError(f"run.json: config section {f.name!r} is not a mapping")
+            setattr(obj, f.name, config_from_dict(d[f.name], type(cur)))
+        else:
+            setattr(obj, f.name, d[f.name])
+    return obj
+
+
+def stored_config(root: Path) -> Config | None:
+    """The config recorded in ``root/run.json`` (None when ``root`` holds no run)."""
+    meta = read_run_json(root)
+    if meta is None:
+        return None
+    try:
+        return config_from_dict(meta["config"]).validate()
+    except (TypeError, ConfigError) as e:
+        raise RunDirError(f"{Path(root) / 'run.json'} holds a config this version cannot use ({e}); "
+                          "use another --out folder") from None
+
+
+# ------------------------------------------------------------------ the run directory
 class RunDir:
     def __init__(self, root: str | Path, cfg: Config, create: bool = True) -> None:
         self.root = Path(root)
         self.cfg = cfg
+        if self.root.exists() and not self.root.is_dir():
+            raise RunDirError(f"--out {self.root} is a file, not a folder; choose a folder")
         meta_path = self.root / "run.json"
-        want = {"run_format": RUN_FORMAT, "config": cfg.to_dict()}
-        if meta_path.exists():
+        if not meta_path.exists():
+            if not create:
+                raise RunDirError(f"{self.root} is not an internalrl run (no run.json); "
+                                  f"run `internalrl run --out {self.root}` first")
+            if self.root.exists() and any(p.name != LOCK_FILE for p in self.root.iterdir()):
+                raise RunDirError(f"{self.root} is not empty and is not an internalrl run; use an empty or new --out folder")
             try:
-                meta = json.loads(meta_path.read_text())
-            except json.JSONDecodeError:
-                raise RunDirError(f"{meta_path} is corrupt; use another --out folder") from None
+                self.root.mkdir(parents=True, exist_ok=True)
+            except OSError as e:
+                raise StorageError(describe_os_error(e, self.root)) from None
+        self._lock = _lock(self.root)  # held from here on: nothing below races another process
+        want = {"run_format": RUN_FORMAT, "config": cfg.to_dict()}
+        meta = read_run_json(self.root)
+        if meta is not None:
             if meta.get("run_format") != RUN_FORMAT:
                 raise RunDirError(
                     f"{self.root} was written by internalrl {meta.get('internalrl_version', '?')} "
@@ -58,18 +217,20 @@ class RunDir:
                     "Use a new --out folder."
                 )
             stored, current = meta.get("config"), want["config"]
-            diffs = _diff(stored, _without_additions(current, stored, Config().to_dict()))
+            diffs = _diff({k: v for k, v in stored.items() if k not in MAY_DIFFER},
+                          {k: v for k, v in _without_additions(current, stored, Config().to_dict()).items()
+                           if k not in MAY_DIFFER})
             if diffs:
                 shown = "\n  ".join(diffs[:8]) + ("\n  ..." if len(diffs) > 8 else "")
                 raise RunDirError(
                     f"{self.root} holds another run's artifacts (its config differs):\n  {shown}\n"
-                    "Use a new --out folder, or the same preset, seed and overrides as that run."
+                    "Use a new --out folder, or leave out --preset and the overrides: a command on an existing run "
+                    "uses that run's config."
                 )
+            self.stored = meta
         elif create:
-            if self.root.exists() and any(self.root.iterdir()):
-                raise RunDirError(f"{self.root} is not empty and is not an internalrl run; use an empty or new --out folder")
-            self.root.mkdir(parents=True, exist_ok=True)
-            meta_path.write_text(json.dumps({"internalrl_version": __version__, **want}, indent=2))
+            self.stored = {"internalrl_version": __version__, **want, "provenance": provenance()}
+            write_json(meta_path, self.stored)
         else:
             raise RunDirError(f"{self.root} is not an internalrl run (no run.json); run `internalrl run --out {self.root}` first")
 
@@ -77,27 +238,49 @@ class RunDir:
         return self.root / stage
 
     def done(self, stage: str) -> bool:
-        return (self.root / stage / "DONE").exists()
+        """Whether ``stage`` finished. A finished stage that lost files since is refused with what to do
+        (deleting it is the user's call: it may be all that is left of a long computation)."""
+        folder = self.root / stage
+        if not (folder / "DONE").exists():
+            return False
+        gone = missing_files(folder)
+        if gone:
+            raise RunDirError(f"the finished stage {folder} is damaged ({', '.join(gone[:3])} missing or cut short); "
+                              f"delete the folder {folder} and re-run the command that makes it (it is rebuilt "
+                              "with the same config and seed)")
+        return True
 
     def require(self, stage: str, command: str) -> Path:
         if not self.done(stage):
-            raise RunDirError(f"{self.root} has no finished {stage!r} stage; run `internalrl {command} --out {self.root}` "
-                              "with the same preset and overrides first")
+            raise RunDirError(f"{self.root} has no finished {stage!r} stage; run `internalrl {command} --out {self.root}` first")
         return self.root / stage
 
     def partial(self, stage: str) -> Path:
         """Working folder of a stage in progress (kept across a kill so training resumes)."""
         p = self.root / f".{stage}.partial"
-        p.mkdir(parents=True, exist_ok=True)
+        try:
+            p.mkdir(parents=True, exist_ok=True)
+        except OSError as e:
+            raise StorageError(describe_os_error(e, p)) from None
         return p
 
     def finish(self, stage: str, config: dict, metrics: dict) -> Path:
+        """Publish the stage: its config, metrics, provenance and checksums, then one rename. Training
+        checkpoints left in the working folder are dropped first (the artifact holds the results)."""
+        from .checkpoint import CHECKPOINT_GLOB
+
         tmp = self.partial(stage)
-        (tmp / "config.json").write_text(json.dumps(config, indent=2))
-        (tmp / "metrics.json").write_text(json.dumps(metrics, indent=2, allow_nan=False))
+        for f in tmp.glob(CHECKPOINT_GLOB):
+            f.unlink()
+        write_json(tmp / "config.json", config)
+        write_json(tmp / "metrics.json", metrics)
+        write_json(tmp / "provenance.json", provenance())
+        manifest(tmp)
         (tmp / "DONE").write_text("")
         final = self.root / stage
-        if final.exists():  # an unfinished leftover (no DONE): never a finished artifact
+        if (final / "DONE").exists():  # impossible while the lock is held; never replace a finished artifact
+            raise RunDirError(f"{final} was finished by another process; nothing was changed")
+        if final.exists():  # an unfinished leftover (no DONE)
             shutil.rmtree(final)
         os.replace(tmp, final)
         self.update_results(stage, metrics)
@@ -108,13 +291,40 @@ class RunDir:
         return json.loads((self.require(stage, command) / "metrics.json").read_text())
 
     def update_results(self, stage: str, metrics: dict) -> None:
-        path = self.root / "results.json"
-        results = json.loads(path.read_text()) if path.exists() else {}
-        results[stage] = metrics.get("headline", metrics)
-        tmp = path.with_suffix(".tmp")
-        tmp.write_text(json.dumps(results, indent=2, allow_nan=False))
-        os.replace(tmp, path)
+        """``results.json[stage]`` = the stage's headline without timings; the timings go to
+        ``results.json["timings"][stage]``, so the results of two runs compare with a plain diff."""
+        results = self.results()
+        headline = dict(metrics.get("headline", metrics))
+        timings = {k: headline.pop(k) for k in list(headline) if k in TIMING_KEYS}
+        if headline:
+            results[stage] = headline
+        if timings:
+            results.setdefault("timings", {})[stage] = timings
+        write_json(self.root / "results.json", results)
 
     def results(self) -> dict:
-        path = self.root / "results.json"
-        return json.loads(path.read_text()) if path.exists() else {}
+        """``results.json``; rebuilt from the finished stages' metrics when it is missing or damaged."""
+        return load_results(self.root)
+
+
+def load_results(root: Path) -> dict:
+    path = Path(root) / "results.json"
+    try:
+        results = json.loads(path.read_text()) if path.exists() else {}
+        if isinstance(results, dict):
+            return results
+    except (OSError, ValueError):
+        pass
+    results = {}  # damaged: every finished stage still holds its own metrics
+    for folder in sorted(Path(root).iterdir()):
+        try:
+            m = json.loads((folder / "metrics.json").read_text()) if (folder / "DONE").exists() else None
+        except (OSError, ValueError):
+            m = None
+        if isinstance(m, dict):
+            headline = dict(m.get("headline", m))
+            timings = {k: headline.pop(k) for k in list(headline) if k in TIMING_KEYS}
+            results[folder.name] = headline
+            if timings:
+                results.setdefault("timings", {})[folder.name] = timings
+    return results

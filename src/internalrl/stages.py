@@ -3,13 +3,14 @@ whose folder is finished is skipped, so re-running a killed pipeline resumes it.
 from __future__ import annotations
 
 import json
-import os
 import time
 from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
 
+from .atomic import write_json
+from .checkpoint import Checkpoint
 from .config import Config, ConfigError
 from .data import data_card, expert_reference, generate_grid, load_trajectories, save_trajectories
 from .experts.grid import task_marginal_free_play, task_marginal_reference
@@ -18,7 +19,7 @@ from .envs.tasks import parse_task_set
 from .envs.gridworld import BatchedGridPinpad
 from .evaluate import evaluate_policy, rollout_base_model
 from .rundir import RunDir
-from .train import evaluate_heldout, load_model, resolve_device, save_weights, train_base_model
+from .train import evaluate_heldout, load_model, resolve_device, save_model, save_weights, train_base_model
 
 
 def _log(msg: str) -> None:
@@ -221,7 +222,8 @@ def stage_controllers(cfg: Config, run: RunDir, progress: bool = True):
                     "heldout_nll": run.metrics("base_model", "train")["headline"]["heldout_action_nll"]}
     per_layer = {}
     for layer in layers:
-        ctl, curve = train_controllers(model, data, train_idx, layer, _subgoal_count(cfg), cc, seed, device, progress)
+        ctl, curve = train_controllers(model, data, train_idx, layer, _subgoal_count(cfg), cc, seed, device, progress,
+                                       checkpoint=Checkpoint(work / f"checkpoint_layer{layer}.pt"))
         post_res = evaluate(ctl, layer, post, 0)
         res = {"posttrain_success": post_res["success_rate"],
                "pretrain_success": evaluate(ctl, layer, pre, 1)["success_rate"],
@@ -257,7 +259,7 @@ MONITOR_EPISODES = 256  # on this many held-out episodes (the final evaluation u
 
 
 def _train_and_eval_meta(cfg: Config, run: RunDir, mc, label: str, progress: bool, save_to=None,
-                         meta_seed: int = 0) -> dict:
+                         meta_seed: int = 0, checkpoint: Checkpoint | None = None) -> dict:
     from .metacontroller import binarize_start, evaluate_metacontroller, train_metacontroller
 
     device = resolve_device(cfg.train.device)
@@ -274,7 +276,7 @@ def _train_and_eval_meta(cfg: Config, run: RunDir, mc, label: str, progress: boo
 
     every = max(1, mc.steps // MONITOR_POINTS)
     meta, curve = train_metacontroller(base, data, train_idx, mc, layer, cfg.seed + 3000 + 101 * meta_seed, device,
-                                       progress, desc=label, monitor=monitor, monitor_every=every)
+                                       progress, desc=label, monitor=monitor, monitor_every=every, checkpoint=checkpoint)
     res = evaluate_metacontroller(base, meta, data, val_idx[:1000], layer, device, seed=cfg.seed)
     res["train_seconds"] = time.perf_counter() - t0
     res["curve"] = curve
@@ -302,7 +304,8 @@ def stage_metacontroller(cfg: Config, run: RunDir, progress: bool = True, meta_s
     t0 = time.perf_counter()
     results = {}
     for label, mc in (("frozen", cfg.metacontroller), ("cotrained", cotrained_config(cfg.metacontroller))):
-        res = _train_and_eval_meta(cfg, run, mc, label, progress, save_to=work, meta_seed=meta_seed)
+        res = _train_and_eval_meta(cfg, run, mc, label, progress, save_to=work, meta_seed=meta_seed,
+                                   checkpoint=Checkpoint(work / f"checkpoint_{label}.pt"))
         np.savez(work / f"{label}_examples.npz", gates=res.pop("gates")[:8].numpy(),
                  subgoals=res.pop("subgoals")[:8].numpy(), mask=res.pop("mask")[:8].numpy())
         results[label] = res
@@ -350,10 +353,13 @@ def alpha_sweep(cfg: Config, run: RunDir, alphas=PAPER_ALPHAS, cotrained: bool =
                 continue
             mc = replace(cfg.metacontroller, alpha=float(alpha))
             mc = cotrained_config(mc) if co else mc
-            res = _train_and_eval_meta(cfg, run, mc, f"{label} alpha={alpha}", progress)
+            ckpt = Checkpoint(work / f"checkpoint_{label}_alpha{float(alpha)}.pt")
+            res = _train_and_eval_meta(cfg, run, mc, f"{label} alpha={alpha}", progress, checkpoint=ckpt)
             point = {"variant": label, "alpha": float(alpha), **{k: res[k] for k in SWEEP_POINT_KEYS}}
             points.append(point)
-            done_path.write_text(json.dumps(points, indent=2))
+            write_json(done_path, points)
+            for f in (ckpt.path, ckpt.prev):  # the point is kept: its training state is no longer needed
+                f.unlink(missing_ok=True)
             _log(f"{stage}: {label} alpha={alpha}: NLL {point['action_nll']:.3f}, KL {point['kl']:.3f}, F1 {point['f1']:.3f}")
     plot_rate_distortion(points, work / "rate_distortion.png", aligned_f1)
     points = sorted(points, key=lambda p: (p["variant"] != "frozen", p["alpha"]))  # the headline lists follow α
@@ -398,18 +404,10 @@ def plot_rate_distortion(points: list[dict], path, aligned_f1: float = 0.8) -> N
 
 
 def _load_weights(module, path, device):
-    """``module`` with the safetensors weights at ``path``, on ``device``, in eval mode."""
-    from safetensors.torch import load_file
+    """``module`` with the safetensors weights at ``path`` (checked against their checksum), on ``device``, in eval mode."""
+    from .train import load_weights
 
-    from .train import CheckpointError
-
-    module = module.to(device)
-    try:
-        module.load_state_dict(load_file(str(path)))
-    except Exception as e:
-        raise CheckpointError(f"{path} is missing or corrupt ({type(e).__name__}); delete its stage folder and "
-                              "re-run it") from None
-    return module.eval()
+    return load_weights(module.to(device), path).eval()
 
 
 def _load_meta(path, cfg_meta, width: int, device):
@@ -431,7 +429,8 @@ def stage_noswitch_metacontroller(cfg: Config, run: RunDir, progress: bool = Tru
         return run.path(stage)
     work = run.partial(stage)
     mc = replace(cfg.metacontroller, switch="always")
-    res = _train_and_eval_meta(cfg, run, mc, "noswitch", progress, save_to=work, meta_seed=meta_seed)
+    res = _train_and_eval_meta(cfg, run, mc, "noswitch", progress, save_to=work, meta_seed=meta_seed,
+                               checkpoint=Checkpoint(work / "checkpoint_noswitch.pt"))
     for k in ("gates", "subgoals", "mask"):
         res.pop(k)
     headline = {k: res[k] for k in ("action_nll", "kl", "train_seconds")}
@@ -459,7 +458,7 @@ def stage_compile(cfg: Config, run: RunDir, progress: bool = True, meta_seed: in
     layer = cfg.meta_layer()
     t0 = time.perf_counter()
     model, curve = train_compile(base, data, train_idx, cfg.compile, layer, cfg.seed + 4000 + 101 * meta_seed, device,
-                                 progress, desc=stage)
+                                 progress, desc=stage, checkpoint=Checkpoint(work / "checkpoint.pt"))
     res = evaluate_compile(base, model, data, val_idx[:1000], layer, device, seed=cfg.seed)
     res["train_seconds"] = time.perf_counter() - t0
     res["curve"] = curve
@@ -498,7 +497,7 @@ def run_rl(cfg: Config, run: RunDir, method: str, task: str | None = None, meta_
     tasks = parse_task_set(task_str_, spec.num_objects)
     if len(tasks) != 1:
         raise ConfigError(f"--task must be one task, got {len(tasks)}")
-    name = f"rl_{method}_{task_str_}_{cfg.rl.episodes}ep" + (f"_m{meta_seed}" if meta_seed else "")
+    name = f"rl_{method}_{task_str_}_{cfg.rl.episodes}ep" + (f"_m{meta_seed}" if meta_seed else "") + _rl_variant(cfg, run)
     if run.done(name):
         _log(f"{name}: finished earlier, skipped")
         return run.path(name)
@@ -506,8 +505,11 @@ def run_rl(cfg: Config, run: RunDir, method: str, task: str | None = None, meta_
     layer = cfg.meta_layer()
     seed = cfg.seed + 5000 + 101 * meta_seed
     base = load_model(run.require("base_model", "train"), device=device)
+    work = run.partial(name)
+    ckpt = Checkpoint(work / "checkpoint.pt")
     if method == "raw":
-        _, curve = train_raw_rl(base, spec, tasks[0], cfg.rl, seed, device, progress, desc=name)
+        policy, curve = train_raw_rl(base, spec, tasks[0], cfg.rl, seed, device, progress, desc=name, checkpoint=ckpt)
+        save_model(policy, work, "policy")  # the finetuned base model: load_model(folder, "policy")
     else:
         def needed(stage: str, build) -> Path:  # a finished stage is reused quietly, a missing one trained now
             return run.path(stage) if run.done(stage) else build(cfg, run, progress, meta_seed)
@@ -525,7 +527,9 @@ def run_rl(cfg: Config, run: RunDir, method: str, task: str | None = None, meta_
             meta = _load_meta(folder / f"{label}.safetensors", cfg.metacontroller, base.cfg.width, device)
             if method == "cotrained":
                 base = _load_cotrained_base(folder, base, device)
-        _, curve = train_internal_rl(base, meta, layer, spec, tasks[0], cfg.rl, seed, device, progress, desc=name)
+        policy, curve = train_internal_rl(base, meta, layer, spec, tasks[0], cfg.rl, seed, device, progress, desc=name,
+                                          checkpoint=ckpt)
+        save_weights(policy, work / "policy.safetensors")  # a RecurrentCodePolicy(width, code_dim, rl.policy_hidden)
     final = float(np.mean([c[1] for c in curve[-max(1, len(curve) // 10):]]))
     first_hit = next((c[0] for c in curve if c[1] >= 0.8), None)
     headline = {"method": method, "task": task_str_, "final_success": final, "episodes": curve[-1][0],
@@ -535,11 +539,20 @@ def run_rl(cfg: Config, run: RunDir, method: str, task: str | None = None, meta_
                       {"headline": headline, "curve": curve})
 
 
-def _load_cotrained_base(folder, base, device):
-    from safetensors.torch import load_file
+def _rl_variant(cfg: Config, run: RunDir) -> str:
+    """"" for the run's own RL settings; for others (``--set rl.…`` on an existing run), a short digest of
+    them, so each setting gets its own folder (its config.json holds them in full)."""
+    import hashlib
 
-    base.load_state_dict(load_file(str(folder / "cotrained_base.safetensors")))
-    return base.to(device).eval()
+    from .rl.train import RLConfig
+
+    ref = {**asdict(RLConfig()), **run.stored.get("config", {}).get("rl", {})}
+    changed = {k: v for k, v in asdict(cfg.rl).items() if k != "episodes" and ref.get(k) != v}
+    return "_" + hashlib.sha256(json.dumps(changed, sort_keys=True).encode()).hexdigest()[:8] if changed else ""
+
+
+def _load_cotrained_base(folder, base, device):
+    return _load_weights(base, folder / "cotrained_base.safetensors", device)
 
 
 def stage_rl_quick(cfg: Config, run: RunDir, progress: bool = True):
@@ -603,9 +616,7 @@ def experiment(cfg: Config, root: Path, base_seeds: int, meta_seeds: int, method
     fig.savefig(root / "fig8.png", dpi=120, bbox_inches="tight")
     plt.close(fig)
     out = {"base_seeds": base_seeds, "meta_seeds": meta_seeds, "methods": methods, "table": table, "curves": curves}
-    tmp = root / "experiment.json.tmp"
-    tmp.write_text(json.dumps(out, indent=2, allow_nan=False))
-    os.replace(tmp, root / "experiment.json")
+    write_json(root / "experiment.json", out)
     for method, row in table.items():
         _log(f"experiment: {method}: final success median {row['final_success_median']:.3f} "
              f"[{row['final_success_q25']:.3f}, {row['final_success_q75']:.3f}] over {row['runs']} runs")

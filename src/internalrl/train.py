@@ -1,8 +1,8 @@
 """Pretraining the base model (SPEC §3): −ln p(a_t|o_{1:t}) − λ ln p(o_{t+1}|o_{1:t}), AdamW.
 
 Reads top to bottom: build, maybe resume, loop (batch, loss, step, log, evaluate, checkpoint),
-save. Checkpoints hold the weights (safetensors), the optimiser state (``torch.load`` with
-``weights_only=True``) and the step, so a killed run continues where it stopped.
+save. Checkpoints (:mod:`internalrl.checkpoint`) hold the weights, the optimiser state and
+the step, so a killed run continues where it stopped, to the same weights.
 """
 from __future__ import annotations
 
@@ -17,20 +17,18 @@ import torch
 from safetensors.torch import load_file, save_file
 from tqdm.auto import tqdm
 
-from .config import Config
+from .atomic import StorageError, replacing, verify, write_json
+from .checkpoint import Checkpoint, CheckpointError
+from .config import Config, ConfigError
 from .data import Batch, Trajectories, batch_indices, make_batch
 from .models.sequence_model import ModelConfig, SequenceModel
-
-
-class CheckpointError(RuntimeError):
-    """A checkpoint that is missing or unreadable; the message says what to do."""
 
 
 def resolve_device(name: str) -> torch.device:
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if name == "cuda" and not torch.cuda.is_available():
-        raise RuntimeError("train.device=cuda but no CUDA device is available; use train.device=auto or cpu")
+        raise ConfigError("train.device=cuda but no CUDA device is available; use train.device=auto or cpu")
     return torch.device(name)
 
 
@@ -66,16 +64,28 @@ def evaluate_heldout(model: SequenceModel, data: Trajectories, idx: np.ndarray, 
 def save_weights(module: torch.nn.Module, path: Path, metadata: dict[str, str] | None = None) -> None:
     """A module's state dict as safetensors (CPU, contiguous), with an optional string header.
     Written to a temporary file and renamed, so a kill never leaves half a file at ``path``."""
-    path = Path(path)
-    tmp = path.with_name(path.name + ".tmp")
-    save_file({k: v.detach().cpu().contiguous() for k, v in module.state_dict().items()}, str(tmp), metadata=metadata)
-    os.replace(tmp, path)
+    with replacing(path) as tmp:
+        save_file({k: v.detach().cpu().contiguous() for k, v in module.state_dict().items()}, str(tmp), metadata=metadata)
 
 
 def save_model(model: SequenceModel, folder: Path, name: str = "model") -> None:
     folder.mkdir(parents=True, exist_ok=True)
     save_weights(model, folder / f"{name}.safetensors")
-    (folder / "model_config.json").write_text(json.dumps(model.cfg.__dict__, indent=2))
+    write_json(folder / "model_config.json", model.cfg.__dict__)
+
+
+def load_weights(module: torch.nn.Module, path: Path | str) -> torch.nn.Module:
+    """Load safetensors weights into ``module`` after checking them against the checksum their
+    artifact recorded; anything wrong raises :class:`CheckpointError` saying what to do."""
+    try:
+        verify(path)
+        module.load_state_dict(load_file(str(path)))
+    except StorageError as e:
+        raise CheckpointError(str(e)) from None
+    except Exception as e:
+        raise CheckpointError(f"{path} is missing, corrupt or from another version ({type(e).__name__}: {str(e)[:200]}); "
+                              "delete its stage folder and re-run the command that made it") from None
+    return module
 
 
 def load_model(folder: str | Path, name: str = "model", device="cpu") -> SequenceModel:
@@ -86,9 +96,12 @@ def load_model(folder: str | Path, name: str = "model", device="cpu") -> Sequenc
         raise CheckpointError(f"no model in {folder} (expected model_config.json and {name}.safetensors); "
                               "train one with `internalrl train`")
     try:
+        verify(w_path)
         cfg = ModelConfig(**json.loads(cfg_path.read_text()))
         model = SequenceModel(cfg)
         model.load_state_dict(load_file(str(w_path)))
+    except StorageError as e:
+        raise CheckpointError(str(e)) from None
     except Exception as e:
         raise CheckpointError(f"the model in {folder} is corrupt or from another version "
                               f"({type(e).__name__}: {str(e)[:200]}); retrain it (delete the folder)") from None
@@ -116,6 +129,42 @@ def lr_at(step: int, cfg) -> float:
     return cfg.lr * (floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * min(1.0, frac))))
 
 
+def _restore_legacy(work: Path, model, opt, device) -> int:
+    """A checkpoint in the earlier three-file layout (weights, optimiser, checkpoint.json): its step, or 0
+    when it is absent or unreadable (then training restarts; the stage's finished artifacts are untouched)."""
+    meta_path = work / "checkpoint.json"
+    if not meta_path.exists():
+        return 0
+    try:
+        step = int(json.loads(meta_path.read_text())["step"])
+        model.load_state_dict(load_file(str(work / "checkpoint.safetensors")))
+        opt.load_state_dict(torch.load(work / "checkpoint_optim.pt", weights_only=True, map_location=device))
+    except Exception as e:
+        print(f"[internalrl] the old-format checkpoint in {work} is unreadable ({type(e).__name__}); "
+              "training restarts from step 0", flush=True)
+        step = 0
+    for f in ("checkpoint.json", "checkpoint.safetensors", "checkpoint_optim.pt"):
+        (work / f).unlink(missing_ok=True)
+    return step
+
+
+def _truncate_log(path: Path, step: int) -> None:
+    """Keep the log rows up to ``step`` (the checkpoint resumed from): no row is written twice."""
+    if not path.exists():
+        return
+    rows = [line for line in path.read_text().splitlines() if line.strip()]
+    keep = []
+    for line in rows:
+        try:
+            if json.loads(line)["step"] <= step:
+                keep.append(line)
+        except (ValueError, KeyError, TypeError):
+            pass  # a row cut short by a kill
+    if keep != rows:
+        with replacing(path) as tmp:
+            tmp.write_text("".join(r + "\n" for r in keep))
+
+
 def train_base_model(cfg: Config, data: Trajectories, work: Path, progress: bool = True,
                      stop_after: int | None = None) -> tuple[SequenceModel | None, dict]:
     """Train (or resume) in ``work``. ``stop_after`` ends this session after that many steps
@@ -127,23 +176,17 @@ def train_base_model(cfg: Config, data: Trajectories, work: Path, progress: bool
     opt = torch.optim.AdamW(model.parameters(), lr=tc.lr, weight_decay=tc.weight_decay)
     train_idx, val_idx = data.split(cfg.data.val_fraction)
     lengths = data.arrays["lengths"]
-    start = 0
     work.mkdir(parents=True, exist_ok=True)
-    ckpt = work / "checkpoint.json"
-    if ckpt.exists():
-        try:
-            meta = json.loads(ckpt.read_text())
-            model.load_state_dict(load_file(str(work / "checkpoint.safetensors")))
-            opt.load_state_dict(torch.load(work / "checkpoint_optim.pt", weights_only=True, map_location=device))
-            start = int(meta["step"])
-        except Exception as e:
-            raise CheckpointError(f"the training checkpoint in {work} is corrupt ({type(e).__name__}); "
-                                  f"delete {work} to restart this stage from scratch") from None
+    ckpt = Checkpoint(work / "checkpoint.pt", every_steps=tc.checkpoint_every, hint="train.lr")
+    start, extra = ckpt.restore({"model": model}, {"opt": opt})
+    if start == 0:
+        start = _restore_legacy(work, model, opt, device)
+    _truncate_log(work / "train_log.jsonl", start)
+    train_time = float(extra.get("train_seconds", 0.0))
     snapshot_steps = sorted({int(round(tc.steps * (i + 1) / tc.snapshots)) for i in range(tc.snapshots)})
     log = open(work / "train_log.jsonl", "a")
     bar = tqdm(range(start, tc.steps), initial=start, total=tc.steps, desc="pretrain base model", disable=not progress)
     t0, tokens = time.perf_counter(), 0
-    train_time = float(json.loads(ckpt.read_text()).get("train_seconds", 0.0)) if ckpt.exists() else 0.0
     for step in bar:
         for g in opt.param_groups:
             g["lr"] = lr_at(step, tc)
@@ -152,6 +195,8 @@ def train_base_model(cfg: Config, data: Trajectories, work: Path, progress: bool
         tokens += int(batch.mask.sum())
         done = step + 1
         if done % 50 == 0 or done == tc.steps:
+            if not all(math.isfinite(float(v.detach())) for v in losses.values()):
+                ckpt.check_finite(done)
             elapsed = time.perf_counter() - t0
             row = {"step": done, "lr": lr_at(step, tc), "tokens_per_s": tokens / max(elapsed, 1e-9),
                    **{k: float(v.detach()) for k, v in losses.items()}}
@@ -163,20 +208,20 @@ def train_base_model(cfg: Config, data: Trajectories, work: Path, progress: bool
             log.write(json.dumps({"step": done, **{f"val_{k}": v for k, v in ev.items()}}) + "\n")
             log.flush()
         if done in snapshot_steps:
+            ckpt.check_finite(done)
             save_model(model, work / "snapshots", f"step_{done:07d}")
         interrupt = stop_after is not None and done - start >= stop_after and done < tc.steps
-        if (done % tc.checkpoint_every == 0 and done < tc.steps) or interrupt:
-            save_weights(model, work / "checkpoint.safetensors")
-            torch.save(opt.state_dict(), work / "checkpoint_optim.pt")
-            ckpt.write_text(json.dumps({"step": done, "train_seconds": train_time + time.perf_counter() - t0}))
+        seconds = lambda: {"train_seconds": train_time + time.perf_counter() - t0}  # noqa: E731
         if interrupt:
+            ckpt.save(done, seconds())
             bar.close()
             log.close()
             return None, {"stopped_at": done}
+        ckpt.maybe_save(done, tc.steps, seconds)
     bar.close()
     log.close()
-    train_time += time.perf_counter() - t0
+    if start < tc.steps:
+        train_time += time.perf_counter() - t0
+        ckpt.save(tc.steps, {"train_seconds": train_time})  # kept until the stage is published
     save_model(model, work)
-    for f in ("checkpoint.safetensors", "checkpoint_optim.pt", "checkpoint.json"):
-        (work / f).unlink(missing_ok=True)
     return model.eval(), {"train_seconds": train_time, "tokens_per_s_last_session": tokens / max(time.perf_counter() - t0, 1e-9)}

@@ -8,6 +8,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from ..checkpoint import Checkpoint
 from ..controller import SubgoalControllers
 from ..data import Trajectories, batch_indices, make_batch
 from ..envs.gridworld import BatchedGridPinpad
@@ -48,17 +49,23 @@ def heldout_controlled_nll(model: SequenceModel, ctl: SubgoalControllers | None,
 
 
 def train_controllers(model: SequenceModel, data: Trajectories, train_idx: np.ndarray, layer: int,
-                      num_subgoals: int, cc, seed: int, device, progress: bool = True) -> tuple[SubgoalControllers, list]:
+                      num_subgoals: int, cc, seed: int, device, progress: bool = True,
+                      checkpoint: Checkpoint | None = None) -> tuple[SubgoalControllers, list]:
     """Train one controller per subgoal at ``layer`` with the settings of ``cc`` (a
     :class:`~internalrl.config.ControllerConfig`: rank, steps, batch size, AdamW lr with
-    warm-up and cosine decay, weight decay). Returns the controllers and (step, loss) pairs."""
+    warm-up and cosine decay, weight decay). Returns the controllers and (step, loss) pairs.
+    ``checkpoint`` makes a killed run resume."""
     freeze(model)
     torch.manual_seed(seed)
     ctl = SubgoalControllers(num_subgoals, model.cfg.width, cc.rank or None).to(device)
     opt = torch.optim.AdamW(ctl.parameters(), lr=cc.lr, weight_decay=cc.weight_decay)
     lengths = data.arrays["lengths"]
-    curve = []
-    for step in tqdm(range(cc.steps), desc=f"controllers @ layer {layer}", disable=not progress, leave=False):
+    ckpt = checkpoint or Checkpoint.off()
+    ckpt.hint = "controllers.lr"
+    start, extra = ckpt.restore({"controllers": ctl}, {"opt": opt})
+    curve = [tuple(c) for c in extra.get("curve", [])]
+    for step in tqdm(range(start, cc.steps), desc=f"controllers @ layer {layer}", disable=not progress, leave=False,
+                     initial=start, total=cc.steps):
         for g in opt.param_groups:
             g["lr"] = lr_at(step, cc)
         batch = make_batch(data, batch_indices(train_idx, cc.batch_size, seed, step, lengths)).to(device)
@@ -68,6 +75,8 @@ def train_controllers(model: SequenceModel, data: Trajectories, train_idx: np.nd
         opt.step()
         if step % 25 == 0 or step == cc.steps - 1:
             curve.append((step, float(loss.detach())))
+        ckpt.maybe_save(step + 1, cc.steps, lambda: {"curve": curve})
+    ckpt.save(cc.steps, {"curve": curve})
     return ctl.eval(), curve
 
 

@@ -307,11 +307,12 @@ def build_compile(cfg: CompileConfig, base) -> CompILE:
 
 
 def train_compile(base, data, train_idx, cfg: CompileConfig, layer: int, seed: int, device,
-                  progress: bool = True, desc: str = "compile"):
+                  progress: bool = True, desc: str = "compile", checkpoint=None):
     """Train on expert data with the base model frozen. Returns the model and a curve of
-    (step, action NLL, KL (z + boundaries), termination BCE)."""
+    (step, action NLL, KL (z + boundaries), termination BCE). ``checkpoint`` makes a killed run resume."""
     from tqdm.auto import tqdm
 
+    from ..checkpoint import Checkpoint
     from ..data import batch_indices, make_batch
 
     torch.manual_seed(seed)
@@ -323,8 +324,10 @@ def train_compile(base, data, train_idx, cfg: CompileConfig, layer: int, seed: i
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     gen = torch.Generator(device=device).manual_seed(seed)
     lengths = data.arrays["lengths"]
-    curve = []
-    for step in tqdm(range(cfg.steps), desc=desc, disable=not progress, leave=False):
+    ckpt = checkpoint or Checkpoint.off(hint="compile.lr")
+    start, extra = ckpt.restore({"compile": model}, {"opt": opt}, {"gen": gen})
+    curve = [tuple(c) for c in extra.get("curve", [])]
+    for step in tqdm(range(start, cfg.steps), desc=desc, disable=not progress, leave=False, initial=start, total=cfg.steps):
         batch = make_batch(data, batch_indices(train_idx, cfg.batch_size, seed, step, lengths)).to(device)
         res = compile_loss(base, model, layer, batch, gen)
         opt.zero_grad(set_to_none=True)
@@ -334,6 +337,8 @@ def train_compile(base, data, train_idx, cfg: CompileConfig, layer: int, seed: i
         if step % 25 == 0 or step == cfg.steps - 1:
             curve.append((step, float(res["action_nll"].detach()), float(res["kl"].detach()),
                           float(res["switch_loss"].detach())))
+        ckpt.maybe_save(step + 1, cfg.steps, lambda: {"curve": curve})
+    ckpt.save(cfg.steps, {"curve": curve})
     return model.eval(), curve
 
 

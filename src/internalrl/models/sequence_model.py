@@ -147,7 +147,8 @@ class EgocentricEmbedding(nn.Module):
     A gridworld observation holds every wall and colour identity exactly once, so the window
     has one 1 per identity plus the "outside" cells, which depend only on the agent's cell. The
     embedding is therefore a sum of ``W + O`` table columns (one gather) plus a precomputed
-    outside term: about 12 columns a token instead of a 2197-column matrix product."""
+    outside term: about 12 columns a token instead of a 2197-column matrix product. Both
+    lookups have deterministic backward passes on CPU at any thread count."""
 
     def __init__(self, grid_size: int, obs_dim: int, width: int) -> None:
         super().__init__()
@@ -181,7 +182,9 @@ class EgocentricEmbedding(nn.Module):
         picked = F.embedding_bag(column, weight.t(), per_sample_weights=present, mode="sum")  # (N, width)
         outside_cols = weight.view(weight.shape[0], -1, c)[..., c - 1]  # (width, S*S)
         outside = self.outside @ outside_cols.t()  # (G*G, width)
-        out = picked + outside[agent] + self.linear.bias
+        # F.embedding, not outside[agent]: the backward of advanced indexing accumulates with
+        # several threads in a varying order (same seed, different weights); embedding's does not
+        out = picked + F.embedding(agent, outside) + self.linear.bias
         return out.reshape(*lead, -1)
 
 

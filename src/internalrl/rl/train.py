@@ -18,6 +18,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from ..checkpoint import Checkpoint
 from ..data import grid_observations
 from ..envs.gridworld import BatchedGridPinpad, GridSpec
 from ..envs.tasks import Task
@@ -56,9 +57,17 @@ def _minibatches(n: int, k: int, rng: np.random.Generator):
     return [torch.as_tensor(c) for c in np.array_split(perm, min(k, n))]
 
 
+def _resume(ckpt: Checkpoint, modules: dict, opt, rng, env: BatchedGridPinpad):
+    """The PPO loops' shared state: (curve, episodes seen, iteration, seconds before this session)."""
+    it, extra = ckpt.restore(modules, {"opt": opt}, numpy={"rng": rng, "env": env.rng})
+    return [tuple(c) for c in extra.get("curve", [])], extra.get("seen", 0), it, extra.get("seconds", 0.0)
+
+
 def train_internal_rl(base: SequenceModel, meta: Metacontroller, layer: int, spec: GridSpec, task: Task,
-                      cfg: RLConfig, seed: int, device, progress: bool = True, desc: str = "internal RL"):
-    """Returns the policy and a curve of (episodes seen, batch success rate, seconds)."""
+                      cfg: RLConfig, seed: int, device, progress: bool = True, desc: str = "internal RL",
+                      checkpoint: Checkpoint | None = None):
+    """Returns the policy and a curve of (episodes seen, batch success rate, seconds).
+    ``checkpoint`` (counted in PPO iterations) makes a killed run resume."""
     torch.manual_seed(seed)
     rng = np.random.default_rng(seed)
     for p in list(base.parameters()) + list(meta.parameters()):
@@ -66,9 +75,12 @@ def train_internal_rl(base: SequenceModel, meta: Metacontroller, layer: int, spe
     policy = RecurrentCodePolicy(base.cfg.width, meta.cfg.code_dim, cfg.policy_hidden).to(device)
     opt = torch.optim.Adam(policy.parameters(), lr=cfg.lr)
     env = BatchedGridPinpad(cfg.batch_size, [task], spec, seed=seed)
-    curve, seen, t0 = [], 0, time.perf_counter()
-    bar = tqdm(total=cfg.episodes, desc=desc, unit="ep", disable=not progress, leave=False)
-    it = 0
+    ckpt = checkpoint or Checkpoint.off()
+    ckpt.hint = "rl.lr"
+    curve, seen, it, before = _resume(ckpt, {"policy": policy}, opt, rng, env)
+    t0 = time.perf_counter() - before
+    iterations = -(-cfg.episodes // cfg.batch_size)
+    bar = tqdm(total=cfg.episodes, initial=seen, desc=desc, unit="ep", disable=not progress, leave=False)
     while seen < cfg.episodes:
         roll = rollout_internal(base, meta, policy, env, layer, seed * 100_003 + it, device, threshold=cfg.threshold)
         adv = trajectory_advantages(roll.returns)
@@ -88,7 +100,9 @@ def train_internal_rl(base: SequenceModel, meta: Metacontroller, layer: int, spe
                       float(roll.decisions.sum(1).float().mean())))
         bar.update(cfg.batch_size)
         bar.set_postfix(success=f"{success:.3f}")
+        ckpt.maybe_save(it, iterations, lambda: {"curve": curve, "seen": seen, "seconds": time.perf_counter() - t0})
     bar.close()
+    ckpt.save(it, {"curve": curve, "seen": seen, "seconds": time.perf_counter() - t0})
     return policy, curve
 
 
@@ -124,8 +138,9 @@ def rollout_raw(model: SequenceModel, env: BatchedGridPinpad, seed: int, device)
 
 
 def train_raw_rl(base: SequenceModel, spec: GridSpec, task: Task, cfg: RLConfig, seed: int, device,
-                 progress: bool = True, desc: str = "raw-action RL"):
-    """Finetune a copy of the base model on raw actions with the same PPO."""
+                 progress: bool = True, desc: str = "raw-action RL", checkpoint: Checkpoint | None = None):
+    """Finetune a copy of the base model on raw actions with the same PPO.
+    ``checkpoint`` (counted in PPO iterations) makes a killed run resume."""
     torch.manual_seed(seed)
     rng = np.random.default_rng(seed)
     model = copy.deepcopy(base).to(device)
@@ -133,8 +148,12 @@ def train_raw_rl(base: SequenceModel, spec: GridSpec, task: Task, cfg: RLConfig,
         p.requires_grad_(True)
     opt = torch.optim.Adam(model.parameters(), lr=cfg.lr)
     env = BatchedGridPinpad(cfg.batch_size, [task], spec, seed=seed)
-    curve, seen, t0, it = [], 0, time.perf_counter(), 0
-    bar = tqdm(total=cfg.episodes, desc=desc, unit="ep", disable=not progress, leave=False)
+    ckpt = checkpoint or Checkpoint.off()
+    ckpt.hint = "rl.lr"
+    curve, seen, it, before = _resume(ckpt, {"model": model}, opt, rng, env)
+    t0 = time.perf_counter() - before
+    iterations = -(-cfg.episodes // cfg.batch_size)
+    bar = tqdm(total=cfg.episodes, initial=seen, desc=desc, unit="ep", disable=not progress, leave=False)
     while seen < cfg.episodes:
         model.eval()
         roll = rollout_raw(model, env, seed * 100_003 + it, device)
@@ -158,5 +177,7 @@ def train_raw_rl(base: SequenceModel, spec: GridSpec, task: Task, cfg: RLConfig,
         curve.append((seen, success, time.perf_counter() - t0, float(roll["lengths"].float().mean())))
         bar.update(cfg.batch_size)
         bar.set_postfix(success=f"{success:.3f}")
+        ckpt.maybe_save(it, iterations, lambda: {"curve": curve, "seen": seen, "seconds": time.perf_counter() - t0})
     bar.close()
+    ckpt.save(it, {"curve": curve, "seen": seen, "seconds": time.perf_counter() - t0})
     return model.eval(), curve
