@@ -2,6 +2,7 @@
 
     internalrl run --preset quick --out runs/quick          # the whole gridworld pipeline
     internalrl data|train|evaluate|probe|controllers|metacontroller --out DIR [--preset P] [--seed N] [--set section.field=value ...]
+      (on an existing run, every command uses the config in its run.json; --set may change only rl.*)
     internalrl rl --out DIR --method internal|raw|no-switch|cotrained|compile [--task 0-1-2-3] [--episodes N]
     internalrl experiment --out DIR --base-seeds 3 --meta-seeds 2 [--methods internal,raw,...]
     internalrl sweep-alpha --out DIR [--alphas 0,0.1,...]     # after `run`: the rate-distortion figure
@@ -17,17 +18,19 @@ import sys
 import time
 from pathlib import Path
 
+from .atomic import StorageError, describe_os_error
 from .config import ConfigError, PRESETS, dumps, load_config
 from .data import DataError
 from .envs.tasks import TaskError
-from .rundir import RunDir, RunDirError
+from .rundir import RunDir, RunDirError, read_run_json, stored_config
 from .train import CheckpointError
 
-USER_ERRORS = (ConfigError, RunDirError, DataError, CheckpointError, TaskError)
+USER_ERRORS = (ConfigError, RunDirError, DataError, CheckpointError, TaskError, StorageError)
 
 
 def _common(p: argparse.ArgumentParser, out: bool = True) -> None:
-    p.add_argument("--preset", default="quick", help=f"named config: {', '.join(PRESETS)} (default quick)")
+    p.add_argument("--preset", default=None, help=f"named config: {', '.join(PRESETS)} (default: the run's own config "
+                   "when --out holds a run, else quick)")
     p.add_argument("--seed", type=int, default=None, help="random seed (default 0)")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="SECTION.FIELD=VALUE",
                    help="override any config field, e.g. --set train.steps=500 (repeatable)")
@@ -37,18 +40,48 @@ def _common(p: argparse.ArgumentParser, out: bool = True) -> None:
 
 
 def _config(args):
+    """The preset with the overrides; on an existing run without --preset, the run's own config with them."""
     overrides = list(args.overrides)
     if args.seed is not None:
         overrides.append(f"seed={args.seed}")
-    return load_config(args.preset, overrides)
+    out = getattr(args, "out", None)
+    base = stored_config(Path(out)) if out and args.preset is None and args.command != "experiment" else None
+    return load_config(args.preset or "quick", overrides, base=base)
 
 
 def _run_dir(args, cfg) -> RunDir:
-    out = args.out or f"runs/{args.preset}-seed{cfg.seed}"
+    out = args.out or f"runs/{args.preset or 'quick'}-seed{cfg.seed}"
     return RunDir(out, cfg)
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
+    try:
+        if argv[:1] == ["ant-expert"]:  # its own command line, --help included
+            return _ant_expert(argv[1:])
+        return _main(argv)
+    except USER_ERRORS as e:
+        print(f"internalrl: error: {e}", file=sys.stderr)
+        return 2
+    except OSError as e:  # the disk, not the code: full, read-only, a file in the way
+        print(f"internalrl: error: {describe_os_error(e, e.filename or 'a file')}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("internalrl: interrupted; re-run the same command to resume", file=sys.stderr)
+        return 130
+
+
+def _ant_expert(argv: list[str]) -> int:
+    from .experts.ant import main as ant_main
+
+    try:
+        ant_main(argv, prog="internalrl ant-expert")
+    except SystemExit as e:  # argparse: --help (0) or a usage error (2)
+        return e.code if isinstance(e.code, int) else 2
+    return 0
+
+
+def _main(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(prog="internalrl", description="Internal reinforcement learning (arXiv 2512.20605).")
     sub = parser.add_subparsers(dest="command", required=True)
     for name, help_ in [("run", "the whole gridworld pipeline, then the report"),
@@ -95,30 +128,18 @@ def main(argv: list[str] | None = None) -> int:
     p = sub.add_parser("config", help="print the resolved config")
     _common(p, out=False)
     args = parser.parse_args(argv)
-    try:
-        return _dispatch(args)
-    except USER_ERRORS as e:
-        print(f"internalrl: error: {e}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        print("internalrl: interrupted; re-run the same command to resume", file=sys.stderr)
-        return 130
+    return _dispatch(args)
 
 
 def _dispatch(args) -> int:
     from . import stages
     from .report import write_report
 
-    if args.command == "ant-expert":
-        from .experts.ant import main as ant_main
-
-        ant_main(args.rest)
-        return 0
     if args.command == "ant-data":
         return _ant_data(args)
     if args.command == "report":
         root = Path(args.out)
-        if not (root / "run.json").exists():
+        if read_run_json(root) is None:
             raise RunDirError(f"{root} is not an internalrl run (no run.json)")
         print(write_report(root))
         return 0

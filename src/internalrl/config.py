@@ -109,6 +109,12 @@ class Config:
         return asdict(self)
 
     def validate(self) -> "Config":
+        _check_types_and_finite(self)
+        if not 0 <= self.seed < 2 ** 31:
+            raise ConfigError(f"seed must be in 0..{2 ** 31 - 1}, got {self.seed}")
+        if self.env.size > MAX_GRID_SIZE:
+            raise ConfigError(f"env.size must be at most {MAX_GRID_SIZE} (agent cells are stored as 8-bit numbers; the "
+                              f"paper's grid is 7), got {self.env.size}")
         try:
             spec = self.env.spec()
         except ValueError as e:
@@ -143,6 +149,7 @@ class Config:
             ("train.checkpoint_every", self.train.checkpoint_every >= 1, "at least 1"),
             ("train.snapshots", self.train.snapshots >= 1, "at least 1"),
             ("train.device", self.train.device in ("auto", "cpu", "cuda"), "one of auto, cpu, cuda"),
+            ("train.device", self.train.device != "cuda" or _cuda_available(), "auto or cpu: no CUDA device is available"),
             ("eval.num_envs", self.eval.num_envs >= 1, "at least 1"),
             ("eval.temperature", self.eval.temperature > 0, "positive"),
             ("probe.train_episodes", self.probe.train_episodes >= 10, "at least 10"),
@@ -156,6 +163,7 @@ class Config:
             ("controllers.warmup_steps", 0 <= self.controllers.warmup_steps < self.controllers.steps,
              "in 0..controllers.steps-1"),
             ("controllers.final_lr_fraction", 0.0 <= self.controllers.final_lr_fraction <= 1.0, "in [0, 1]"),
+            ("controllers.weight_decay", self.controllers.weight_decay >= 0, "non-negative"),
         ]
         try:
             self.metacontroller.validate(self.model.width, self.model.depth)
@@ -168,6 +176,39 @@ class Config:
                 section, key = name.split(".")
                 raise ConfigError(f"{name} must be {what}, got {getattr(getattr(self, section), key)!r}")
         return self
+
+
+MAX_GRID_SIZE = 11  # 121 cells: the largest grid whose cell numbers fit the dataset's int8 agent column
+
+
+def _cuda_available() -> bool:
+    import torch
+
+    return torch.cuda.is_available()
+
+
+def _check_types_and_finite(obj, prefix: str = "") -> None:
+    """Every field holds its declared kind of value (a run.json edited by hand can hold anything), and
+    every number is finite: ``inf`` and ``nan`` pass every comparison a check makes, or none."""
+    import math
+
+    for f in fields(obj):
+        v, name = getattr(obj, f.name), prefix + f.name
+        if dataclasses.is_dataclass(v):
+            _check_types_and_finite(v, name + ".")
+            continue
+        default = f.default if f.default is not dataclasses.MISSING else None
+        if isinstance(default, bool):
+            ok = isinstance(v, bool)
+        elif isinstance(default, (int, float)):
+            ok = isinstance(v, (int, float) if isinstance(default, float) else int) and not isinstance(v, bool)
+        else:
+            ok = default is None or isinstance(v, type(default))
+        if not ok:
+            raise ConfigError(f"{name} must be {'a number' if isinstance(default, float) else type(default).__name__}, "
+                              f"got {v!r}")
+        if isinstance(v, float) and not math.isfinite(v):
+            raise ConfigError(f"{name} must be a finite number, got {v!r}")
 
 
 def _quick() -> Config:
@@ -254,10 +295,11 @@ def apply_overrides(cfg: Config, overrides: list[str]) -> Config:
     return cfg
 
 
-def load_config(preset: str = "quick", overrides: list[str] = ()) -> Config:
-    if preset not in PRESETS:
+def load_config(preset: str = "quick", overrides: list[str] = (), base: Config | None = None) -> Config:
+    """The preset (or ``base``, e.g. a run's stored config) with the overrides, validated."""
+    if base is None and preset not in PRESETS:
         raise ConfigError(f"unknown preset {preset!r}; choose one of: {', '.join(PRESETS)}")
-    cfg = PRESETS[preset]()
+    cfg = PRESETS[preset]() if base is None else base
     apply_overrides(cfg, list(overrides))
     if _spec_ok(cfg):
         cfg.model.obs_dim = cfg.env.spec().obs_dim

@@ -23,6 +23,7 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
+from .atomic import StorageError, verify
 from .envs.gridworld import BatchedGridPinpad, GridSpec
 from .envs.tasks import Task, task_str
 from .experts.grid import expert_actions
@@ -77,6 +78,9 @@ def generate_grid(
             kept[key].append(arr[take])
         total += len(take)
         bar.update(len(take))
+        if total == 0 and failed >= 4 * n:
+            raise DataError(f"the expert completed none of {failed} episodes: env.horizon ({T}) is too short for the "
+                            f"tasks on a {spec.size}x{spec.size} grid; raise env.horizon or shrink env.size")
     bar.close()
     arrays = {k: np.concatenate(v) for k, v in kept.items()}
     tmax = int(arrays["lengths"].max())
@@ -171,8 +175,15 @@ class Trajectories:
 def load_trajectories(folder: str | Path) -> Trajectories:
     folder = Path(folder)
     card_path, npz_path = folder / "card.json", folder / "trajectories.npz"
-    if not card_path.exists() or not npz_path.exists():
+    if not card_path.exists() and not npz_path.exists():
         raise DataError(f"{folder} is not a dataset (expected card.json and trajectories.npz); run `internalrl data` first")
+    if not card_path.exists() or not npz_path.exists():
+        raise DataError(f"the dataset {folder} lost {'card.json' if npz_path.exists() else 'trajectories.npz'}; delete "
+                        f"the folder {folder} and run `internalrl data` again (it regenerates the same data)")
+    try:
+        verify(npz_path)
+    except StorageError as e:
+        raise DataError(str(e)) from None
     try:
         card = json.loads(card_path.read_text())
     except json.JSONDecodeError as e:

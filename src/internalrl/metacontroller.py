@@ -67,6 +67,11 @@ class MetacontrollerConfig:
             ("metacontroller.cotrain_steps", self.cotrain_steps >= 0, "non-negative (0: the same as steps)"),
             ("metacontroller.batch_size", self.batch_size >= 1, "at least 1"),
             ("metacontroller.lr", self.lr > 0, "positive"),
+            ("metacontroller.base_lr", self.base_lr > 0, "positive"),
+            ("metacontroller.weight_decay", self.weight_decay >= 0, "non-negative"),
+            ("metacontroller.encoder_hidden", self.encoder_hidden >= 1, "at least 1"),
+            ("metacontroller.switch_hidden", self.switch_hidden >= 1, "at least 1"),
+            ("metacontroller.decoder_hidden", self.decoder_hidden >= 1, "at least 1"),
             ("metacontroller.gumbel_temperature", self.gumbel_temperature > 0, "positive"),
             ("metacontroller.binarize_fraction", 0 <= self.binarize_fraction <= 1, "in [0, 1]"),
         ]

@@ -7,7 +7,6 @@ import base64
 import html
 import io
 import json
-import os
 from pathlib import Path
 
 import matplotlib
@@ -16,6 +15,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
+from .atomic import write_bytes, write_text  # noqa: E402
 from .envs.gridworld import BatchedGridPinpad, GridSpec, render_rgb  # noqa: E402
 
 
@@ -24,7 +24,7 @@ def _png(fig, path: Path) -> str:
     fig.savefig(buf, format="png", dpi=110, bbox_inches="tight")
     plt.close(fig)
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_bytes(buf.getvalue())
+    write_bytes(path, buf.getvalue())
     return base64.b64encode(buf.getvalue()).decode()
 
 
@@ -335,10 +335,20 @@ SECTIONS = [("data", section_data), ("base_model", section_base_model), ("eval_b
 def write_report(root: str | Path) -> Path:
     root = Path(root)
     figs = root / "figures"
-    meta = json.loads((root / "run.json").read_text())
+    from .rundir import read_run_json
+
+    meta = read_run_json(root)
+    prov = meta.get("provenance") or {}
+    made = (f" Made {html.escape(str(prov.get('date', '?')))} by <code>{html.escape(str(prov.get('command', '?')))}</code> "
+            f"at commit {html.escape(str(prov.get('git_commit') or 'unknown'))}"
+            f"{' (with uncommitted changes)' if prov.get('git_dirty') else ''}; "
+            + html.escape(", ".join(f"{k} {v}" for k, v in (prov.get("dependencies") or {}).items())) + "."
+            if prov else "")
     body = [f"<h1>internalrl run: {html.escape(str(root))}</h1>",
-            f"<p>internalrl {html.escape(meta.get('internalrl_version', '?'))}, seed {meta['config']['seed']}. "
-            "Every number below was measured in this run; <code>results.json</code> has them all.</p>"]
+            f"<p>internalrl {html.escape(str(meta.get('internalrl_version', '?')))}, seed "
+            f"{html.escape(str(meta['config'].get('seed', '?')))}.{made} "
+            "Every number below was measured in this run; <code>results.json</code> has them all (timings apart, "
+            "under <code>timings</code>); each stage's <code>provenance.json</code> records the code that made it.</p>"]
     for stage, fn in SECTIONS:
         if (root / stage / "DONE").exists():
             body.append(fn(root, figs))
@@ -349,7 +359,4 @@ def write_report(root: str | Path) -> Path:
              "table{border-collapse:collapse}td{border:1px solid #ccc;padding:3px 8px}"
              "figure{margin:1em 0}img{max-width:100%}figcaption{color:#555;font-size:90%}")
     page = f"<!doctype html><html><head><meta charset='utf-8'><title>internalrl report</title><style>{style}</style></head><body>{''.join(body)}</body></html>"
-    tmp = root / "report.html.tmp"
-    tmp.write_text(page)
-    os.replace(tmp, root / "report.html")
-    return root / "report.html"
+    return write_text(root / "report.html", page)

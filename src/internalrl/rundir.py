@@ -38,7 +38,22 @@ from .config import Config, ConfigError
 RUN_FORMAT = 1
 LOCK_FILE = ".lock"
 MAY_DIFFER = ("rl",)  # config sections a command may change on an existing run (each RL run names its settings)
-TIMING_KEYS = ("seconds", "train_seconds", "tokens_per_s_last_session")  # headline numbers that are timings
+
+
+def _split_timings(headline: dict) -> tuple[dict, dict]:
+    """(results, timings): seconds and rates differ between two runs of the same config, so they go apart."""
+    timing = lambda k: k == "seconds" or k.endswith("_seconds") or "per_s" in k  # noqa: E731
+    return ({k: v for k, v in headline.items() if not timing(k)}, {k: v for k, v in headline.items() if timing(k)})
+
+
+def _with_timings_last(results: dict, stage: str, headline: dict, timings: dict) -> dict:
+    out = {k: v for k, v in results.items() if k != "timings"}
+    if headline:
+        out[stage] = headline
+    all_timings = dict(results.get("timings", {}))
+    if timings:
+        all_timings[stage] = timings
+    return {**out, **({"timings": all_timings} if all_timings else {})}
 
 
 class RunDirError(RuntimeError):
@@ -207,6 +222,8 @@ class RunDir:
             except OSError as e:
                 raise StorageError(describe_os_error(e, self.root)) from None
         self._lock = _lock(self.root)  # held from here on: nothing below races another process
+        for leftover in self.root.glob(".*.tmp"):  # half-written by a killed process (no other writer now)
+            leftover.unlink(missing_ok=True)
         want = {"run_format": RUN_FORMAT, "config": cfg.to_dict()}
         meta = read_run_json(self.root)
         if meta is not None:
@@ -228,6 +245,7 @@ class RunDir:
                     "uses that run's config."
                 )
             self.stored = meta
+            self.update_results()  # a kill between a stage's rename and its results.json entry left it out
         elif create:
             self.stored = {"internalrl_version": __version__, **want, "provenance": provenance()}
             write_json(meta_path, self.stored)
@@ -270,7 +288,7 @@ class RunDir:
         from .checkpoint import CHECKPOINT_GLOB
 
         tmp = self.partial(stage)
-        for f in tmp.glob(CHECKPOINT_GLOB):
+        for f in [*tmp.glob(CHECKPOINT_GLOB), *tmp.rglob(".*.tmp")]:  # training state; files a kill left half-written
             f.unlink()
         write_json(tmp / "config.json", config)
         write_json(tmp / "metrics.json", metrics)
@@ -290,41 +308,46 @@ class RunDir:
         """The metrics a finished stage wrote (``command`` makes it when it is missing)."""
         return json.loads((self.require(stage, command) / "metrics.json").read_text())
 
-    def update_results(self, stage: str, metrics: dict) -> None:
-        """``results.json[stage]`` = the stage's headline without timings; the timings go to
-        ``results.json["timings"][stage]``, so the results of two runs compare with a plain diff."""
-        results = self.results()
-        headline = dict(metrics.get("headline", metrics))
-        timings = {k: headline.pop(k) for k in list(headline) if k in TIMING_KEYS}
-        if headline:
-            results[stage] = headline
-        if timings:
-            results.setdefault("timings", {})[stage] = timings
-        write_json(self.root / "results.json", results)
+    def update_results(self, stage: str | None = None, metrics: dict | None = None) -> None:
+        """Rewrite ``results.json`` from the finished stages' metrics (so a kill between a stage's rename and
+        this write loses nothing), plus ``stage``'s ``metrics`` when it is not a stage folder (e.g. a wall time).
+        Each stage's headline goes under its name, its timings under ``"timings"``."""
+        results = load_results(self.root)
+        if stage is not None and not (self.root / stage / "DONE").exists():
+            results = _with_timings_last(results, stage, *_split_timings(metrics.get("headline", metrics)))
+        path = self.root / "results.json"
+        try:
+            same = path.exists() and json.loads(path.read_text()) == results
+        except (OSError, ValueError):
+            same = False
+        if not same:
+            write_json(path, results)
 
     def results(self) -> dict:
-        """``results.json``; rebuilt from the finished stages' metrics when it is missing or damaged."""
         return load_results(self.root)
 
 
 def load_results(root: Path) -> dict:
+    """Every finished stage's headline (sorted by stage), timings apart; entries of ``results.json`` that are
+    not stages (the last invocation's wall time) are kept. A damaged ``results.json`` loses only those."""
     path = Path(root) / "results.json"
     try:
-        results = json.loads(path.read_text()) if path.exists() else {}
-        if isinstance(results, dict):
-            return results
+        old = json.loads(path.read_text()) if path.exists() else {}
     except (OSError, ValueError):
-        pass
-    results = {}  # damaged: every finished stage still holds its own metrics
-    for folder in sorted(Path(root).iterdir()):
+        old = {}
+    old = old if isinstance(old, dict) else {}
+    results: dict = {}
+    for folder in sorted(p for p in Path(root).iterdir() if (p / "DONE").exists()):
         try:
-            m = json.loads((folder / "metrics.json").read_text()) if (folder / "DONE").exists() else None
+            m = json.loads((folder / "metrics.json").read_text())
         except (OSError, ValueError):
-            m = None
+            continue
         if isinstance(m, dict):
-            headline = dict(m.get("headline", m))
-            timings = {k: headline.pop(k) for k in list(headline) if k in TIMING_KEYS}
-            results[folder.name] = headline
-            if timings:
-                results.setdefault("timings", {})[folder.name] = timings
+            results = _with_timings_last(results, folder.name, *_split_timings(m.get("headline", m)))
+    for key, value in old.items():  # not a stage folder: keep
+        if key != "timings" and not (Path(root) / key).exists():
+            results = _with_timings_last(results, key, value, {})
+    for key, value in (old.get("timings") or {}).items():
+        if not (Path(root) / key).exists() and isinstance(value, dict):
+            results = _with_timings_last(results, key, {}, value)
     return results

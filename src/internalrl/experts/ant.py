@@ -706,12 +706,12 @@ def _overrides(items: Sequence[str]) -> dict:
     return out
 
 
-def main(argv: Sequence[str] | None = None) -> None:
-    """``python -m internalrl.experts.ant train|eval ...``"""
+def main(argv: Sequence[str] | None = None, prog: str = "python -m internalrl.experts.ant") -> None:
+    """``python -m internalrl.experts.ant train|eval ...`` (also ``internalrl ant-expert ...``)"""
     import argparse
     import sys
 
-    p = argparse.ArgumentParser(prog="python -m internalrl.experts.ant", description="Ant-pinpad PPO expert")
+    p = argparse.ArgumentParser(prog=prog, description="Ant-pinpad PPO expert")
     sub = p.add_subparsers(dest="cmd", required=True)
     tr = sub.add_parser("train")
     tr.add_argument("--out", default="runs/ant_expert.safetensors",

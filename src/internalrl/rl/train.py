@@ -46,10 +46,14 @@ class RLConfig:
     def validate(self) -> None:
         checks = [("rl.episodes", self.episodes >= 1), ("rl.batch_size", self.batch_size >= 2), ("rl.lr", self.lr > 0),
                   ("rl.epochs", self.epochs >= 1), ("rl.minibatches", self.minibatches >= 1),
-                  ("rl.clip", 0 < self.clip < 1), ("rl.policy_hidden", self.policy_hidden >= 1)]
+                  ("rl.clip", 0 < self.clip < 1), ("rl.policy_hidden", self.policy_hidden >= 1),
+                  ("rl.threshold", 0 < self.threshold < 1)]
+        rules = {"rl.episodes": "at least 1", "rl.batch_size": "at least 2", "rl.lr": "positive", "rl.epochs": "at least 1",
+                 "rl.minibatches": "at least 1", "rl.clip": "in (0, 1)", "rl.policy_hidden": "at least 1",
+                 "rl.threshold": "in (0, 1) (the switch fires when β exceeds it)"}
         for name, ok in checks:
             if not ok:
-                raise ValueError(f"{name} has an invalid value: {getattr(self, name.split('.')[1])!r}")
+                raise ValueError(f"{name} must be {rules[name]}, got {getattr(self, name.split('.')[1])!r}")
 
 
 def _minibatches(n: int, k: int, rng: np.random.Generator):
