@@ -22,7 +22,7 @@ from .atomic import StorageError, describe_os_error
 from .config import ConfigError, PRESETS, dumps, load_config
 from .data import DataError
 from .envs.tasks import TaskError
-from .rundir import RunDir, RunDirError, read_run_json, stored_config
+from .rundir import RunDir, RunDirError, read_run_json, set_command, stored_config
 from .train import CheckpointError
 
 USER_ERRORS = (ConfigError, RunDirError, DataError, CheckpointError, TaskError, StorageError)
@@ -56,6 +56,7 @@ def _run_dir(args, cfg) -> RunDir:
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
+    set_command(argv)  # recorded in run.json, each stage's provenance.json and the run's lock
     try:
         if argv[:1] == ["ant-expert"]:  # its own command line, --help included
             return _ant_expert(argv[1:])

@@ -80,6 +80,17 @@ def _without_additions(current, stored, defaults):
 
 
 # ------------------------------------------------------------------ provenance
+_ARGV: list[str] | None = None  # the command line of this invocation (set by the CLI; else sys.argv)
+
+
+def set_command(argv: list[str]) -> None:
+    global _ARGV
+    _ARGV = list(argv)
+
+
+def _command() -> str:
+    return shlex.join(["internalrl", *(sys.argv[1:] if _ARGV is None else _ARGV)])
+
 def _git(*args: str) -> str | None:
     try:
         r = subprocess.run(["git", "-C", str(Path(__file__).parent), *args], capture_output=True, text=True, timeout=10)
@@ -102,7 +113,7 @@ def provenance() -> dict:
     commit = _git("rev-parse", "HEAD")
     dirty = _git("status", "--porcelain", "--untracked-files=no") if commit else None
     return {"date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-            "command": shlex.join(["internalrl", *sys.argv[1:]]), "host": socket.gethostname(),
+            "command": _command(), "host": socket.gethostname(),
             "internalrl_version": __version__, "git_commit": commit, "git_dirty": bool(dirty) if commit else None,
             "python": sys.version.split()[0], "dependencies": deps}
 
@@ -135,7 +146,7 @@ class _RunLock:
                    f"{holder.get('command', '?')}")
             raise RunDirError(f"{root} is in use by another internalrl process ({who}). Wait for it to finish "
                               "(or stop it), or use another --out folder.") from None
-        info = {"pid": os.getpid(), "host": socket.gethostname(), "command": shlex.join(["internalrl", *sys.argv[1:]]),
+        info = {"pid": os.getpid(), "host": socket.gethostname(), "command": _command(),
                 "started": datetime.datetime.now().astimezone().isoformat(timespec="seconds")}
         os.ftruncate(fd, 0)
         os.pwrite(fd, json.dumps(info).encode(), 0)
