@@ -165,6 +165,40 @@ def test_every_training_stage_resumes_from_its_checkpoint(tmp_path, monkeypatch)
     assert w_ref == w_out and res_ref == res_out
 
 
+def test_diverging_training_stops_with_the_setting_to_lower(tmp_path, capsys):
+    out = tmp_path / "run"
+    flags = [*TINY, "--set", "train.lr=1e30", "--set", "train.warmup_steps=0"]
+    assert main(["data", "--out", str(out), *flags]) == 0
+    assert main(["train", "--out", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert "training diverged" in err and "Lower train.lr" in err
+    assert not (out / "base_model").exists()
+
+
+def test_a_checkpoint_in_the_earlier_three_file_layout_still_resumes(tmp_path):
+    from safetensors.torch import save_file
+
+    from internalrl.config import load_config
+    from internalrl.data import load_trajectories
+    from internalrl.train import train_base_model
+
+    assert main(["data", "--out", str(tmp_path / "run"), *TINY]) == 0
+    cfg, data = load_config("quick", [a for a in TINY if "=" in a]), load_trajectories(tmp_path / "run" / "data")
+    full, _ = train_base_model(cfg, data, tmp_path / "full", progress=False)
+    work = tmp_path / "old"
+    train_base_model(cfg, data, work, progress=False, stop_after=3)
+    blob = torch.load(work / "checkpoint.pt", weights_only=True)
+    for f in work.glob("checkpoint.pt*"):
+        f.unlink()
+    save_file({k: v.contiguous() for k, v in blob["modules"]["model"].items()}, str(work / "checkpoint.safetensors"))
+    torch.save(blob["optimizers"]["opt"], work / "checkpoint_optim.pt")
+    (work / "checkpoint.json").write_text(json.dumps({"step": 3, "train_seconds": 1.0}))
+    resumed, _ = train_base_model(cfg, data, work, progress=False)
+    for a, b in zip(full.state_dict().values(), resumed.state_dict().values()):
+        assert torch.equal(a, b)
+    assert not (work / "checkpoint.json").exists()
+
+
 # ------------------------------------------------------------------ two threads
 def test_two_threads_give_the_same_weights_twice(tmp_path):
     """The egocentric encoder's backward must not depend on how threads split the work."""

@@ -113,7 +113,7 @@ class Checkpoint:
         if not self._finite():
             kept = f"; the last good checkpoint ({self.path.name}) is kept" if self.path and self.path.exists() else ""
             raise TrainingDiverged(f"training diverged: the weights are not finite after step {step}{kept}. "
-                                   f"Lower {self.hint} (or raise its warm-up) and re-run.")
+                                   f"Lower {self.hint} (a run's config is fixed once made: use a new --out folder).")
 
     def save(self, step: int, extra: dict | None = None) -> None:
         self.check_finite(step)
