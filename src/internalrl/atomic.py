@@ -38,7 +38,7 @@ def describe_os_error(e: OSError, path: Path | str) -> str:
         errno.EISDIR: "this path is a folder where a file was expected",
         errno.EEXIST: "a file is in the way; choose another --out folder",
     }.get(e.errno, e.strerror or type(e).__name__)
-    return f"cannot write {path}: {what}"
+    return f"{path}: {what}"
 
 
 def _fsync_dir(folder: Path) -> None:

@@ -33,7 +33,7 @@ except ImportError:  # not POSIX: no lock (the rest still works)
 
 from . import __version__
 from .atomic import StorageError, describe_os_error, manifest, missing_files, write_json
-from .config import Config, ConfigError
+from .config import Config, ConfigError, _check_types_and_finite
 
 RUN_FORMAT = 1
 LOCK_FILE = ".lock"
@@ -208,8 +208,10 @@ def stored_config(root: Path) -> Config | None:
     if meta is None:
         return None
     try:
-        return config_from_dict(meta["config"]).validate()
-    except (TypeError, ConfigError) as e:
+        cfg = config_from_dict(meta["config"])
+        _check_types_and_finite(cfg)  # the rest is checked with the command's overrides applied
+        return cfg
+    except ConfigError as e:
         raise RunDirError(f"{Path(root) / 'run.json'} holds a config this version cannot use ({e}); "
                           "use another --out folder") from None
 
