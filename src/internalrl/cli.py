@@ -5,6 +5,7 @@
     internalrl rl --out DIR --method internal|raw|no-switch|cotrained|compile [--task 0-1-2-3] [--episodes N]
     internalrl experiment --out DIR --base-seeds 3 --meta-seeds 2 [--methods internal,raw,...]
     internalrl sweep-alpha --out DIR [--alphas 0,0.1,...]     # after `run`: the rate-distortion figure
+    internalrl steerability RUN_DIR [--steps 3200] [--batch-size 512]   # the steerability protocol
     internalrl report --out DIR
     internalrl bench [--preset P] [--envs 1024]
     internalrl config [--preset P] [--set ...]               # print the resolved config
@@ -86,6 +87,17 @@ def main(argv: list[str] | None = None) -> int:
     p = sub.add_parser("ant-expert", help="train or evaluate the ant PPO expert (see docs/ant.md)",
                        add_help=False)
     p.add_argument("rest", nargs=argparse.REMAINDER)
+    p = sub.add_parser("steerability", help="how steerable a run's base model is: one fixed protocol (Fig. 4 / A2)")
+    p.add_argument("run_dir", help="a run directory with a finished base model")
+    p.add_argument("--steps", type=int, default=3200, help="controller training steps (default 3200, the paper's)")
+    p.add_argument("--batch-size", type=int, default=512, help="controller batch (default 512, the paper's)")
+    p.add_argument("--rank", type=int, default=16, help="controller rank, 0 for full (default 16)")
+    p.add_argument("--layer", type=int, default=-1, help="controlled layer (default depth // 2)")
+    p.add_argument("--lr", type=float, default=3e-3, help="controller learning rate (default 3e-3, cosine to 0)")
+    p.add_argument("--episodes", type=int, default=1024, help="episodes per rollout evaluation (default 1024)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--name", default="steerability", help="output folder inside the run (default steerability)")
+    p.add_argument("--no-progress", action="store_true")
     p = sub.add_parser("report", help="(re)write report.html of a run directory")
     p.add_argument("--out", required=True)
     p = sub.add_parser("bench", help="throughput benchmarks (env, pretraining, acting)")
@@ -116,6 +128,15 @@ def _dispatch(args) -> int:
         return 0
     if args.command == "ant-data":
         return _ant_data(args)
+    if args.command == "steerability":
+        from .analysis.steerability import SteerabilityConfig, run_steerability
+
+        sc = SteerabilityConfig(layer=args.layer, rank=args.rank, steps=args.steps, batch_size=args.batch_size,
+                                lr=args.lr, episodes=args.episodes, seed=args.seed)
+        m = run_steerability(args.run_dir, sc, args.name, progress=not args.no_progress,
+                             log=lambda msg: print(f"[internalrl] {msg}", flush=True))
+        print(json.dumps(m["headline"], indent=2))
+        return 0
     if args.command == "report":
         root = Path(args.out)
         if not (root / "run.json").exists():

@@ -17,7 +17,7 @@ import torch
 from safetensors.torch import load_file, save_file
 from tqdm.auto import tqdm
 
-from .config import Config
+from .config import Config, ConfigError
 from .data import Batch, Trajectories, batch_indices, make_batch
 from .models.sequence_model import ModelConfig, SequenceModel
 
@@ -43,6 +43,9 @@ def sequence_losses(model: SequenceModel, batch: Batch, with_obs: bool = True) -
     result = {"action_nll": -(model.action_log_prob(out, batch.actions) * mask).sum() / n}
     if with_obs:
         result["obs_nll"] = -(model.obs_log_prob(out, batch.obs[:, 1:]) * mask).sum() / n
+    if batch.soft is not None:  # cross-entropy against the Bayes-optimal distribution (soft targets)
+        log_p = torch.log_softmax(out.action.float(), -1)
+        result["soft_action_ce"] = -((batch.soft * log_p).sum(-1) * mask).sum() / n
     if model.cfg.action_type == "categorical":
         result["action_accuracy"] = ((out.action.argmax(-1) == batch.actions).float() * mask).sum() / n
     return result
@@ -99,7 +102,8 @@ def train_step(model: SequenceModel, opt: torch.optim.Optimizer, batch: Batch, t
     """One AdamW step on −ln p(a|o) − λ ln p(o'|o), gradients clipped; returns the losses.
     With λ = 0 the next-observation head is skipped (it is a large share of a step's work)."""
     losses = sequence_losses(model, batch, with_obs=tc.obs_loss_weight > 0)
-    loss = losses["action_nll"] + tc.obs_loss_weight * losses.get("obs_nll", 0.0)
+    action_loss = losses["soft_action_ce"] if getattr(tc, "soft_targets", False) else losses["action_nll"]
+    loss = action_loss + tc.obs_loss_weight * losses.get("obs_nll", 0.0)
     opt.zero_grad(set_to_none=True)
     loss.backward()
     torch.nn.utils.clip_grad_norm_(model.parameters(), tc.grad_clip)
@@ -116,6 +120,20 @@ def lr_at(step: int, cfg) -> float:
     return cfg.lr * (floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * min(1.0, frac))))
 
 
+def with_soft_targets(cfg: Config, data: Trajectories, progress: bool = False) -> Trajectories:
+    """``data`` with the Bayes-optimal next-action distribution of every step added as
+    ``soft_targets`` (computed from the layouts and the pretraining task table; not saved)."""
+    from .envs.tasks import parse_task_set
+    from .experts.grid import posterior_action_targets
+
+    if data.card.get("obs_format") != "grid":
+        raise ConfigError("train.soft_targets needs gridworld data")
+    spec = cfg.env.spec()
+    tasks = parse_task_set(cfg.env.pretrain_tasks, spec.num_objects)
+    soft = posterior_action_targets(data.arrays, tasks, spec, progress=progress)
+    return Trajectories({**data.arrays, "soft_targets": soft}, data.card)
+
+
 def train_base_model(cfg: Config, data: Trajectories, work: Path, progress: bool = True,
                      stop_after: int | None = None) -> tuple[SequenceModel | None, dict]:
     """Train (or resume) in ``work``. ``stop_after`` ends this session after that many steps
@@ -127,6 +145,8 @@ def train_base_model(cfg: Config, data: Trajectories, work: Path, progress: bool
     opt = torch.optim.AdamW(model.parameters(), lr=tc.lr, weight_decay=tc.weight_decay)
     train_idx, val_idx = data.split(cfg.data.val_fraction)
     lengths = data.arrays["lengths"]
+    if tc.soft_targets and "soft_targets" not in data.arrays:
+        data = with_soft_targets(cfg, data, progress)
     start = 0
     work.mkdir(parents=True, exist_ok=True)
     ckpt = work / "checkpoint.json"

@@ -1,0 +1,63 @@
+"""Base-model recipe options: soft targets and the observation encoders."""
+import json
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+from internalrl.cli import main
+from internalrl.config import ConfigError, load_config
+from internalrl.data import generate_grid, make_batch, Trajectories
+from internalrl.envs.gridworld import GridSpec
+from internalrl.envs.tasks import parse_task_set
+from internalrl.models.sequence_model import ModelConfig, SequenceModel
+from internalrl.train import sequence_losses, with_soft_targets
+
+TINY = ["--set", "data.num_episodes=60", "--set", "model.width=16", "--set", "model.depth=2",
+        "--set", "model.heads=2", "--set", "model.head_dim=8", "--set", "model.mlp=16",
+        "--set", "train.steps=4", "--set", "train.batch_size=8", "--set", "train.eval_every=2",
+        "--set", "train.checkpoint_every=2", "--set", "train.snapshots=1", "--set", "train.warmup_steps=1",
+        "--set", "env.horizon=40", "--set", "model.max_len=48", "--no-progress"]
+
+
+@pytest.fixture(scope="module")
+def small():
+    spec = GridSpec()
+    arrays, _ = generate_grid(24, parse_task_set("grid-pretrain", 8), spec, seed=0, chunk=24, progress=False)
+    return Trajectories(arrays, {"obs_format": "grid", "env": {"size": 7, "num_objects": 8, "num_walls": 4, "horizon": 100}})
+
+
+def test_soft_cross_entropy_equals_the_nll_on_one_hot_targets(small):
+    torch.manual_seed(0)
+    model = SequenceModel(ModelConfig(width=16, depth=1, heads=2, head_dim=8, mlp=16))
+    batch = make_batch(small, np.arange(8))
+    batch.soft = F.one_hot(batch.actions, 4).float()
+    losses = sequence_losses(model, batch, with_obs=False)
+    assert losses["soft_action_ce"].item() == pytest.approx(losses["action_nll"].item(), rel=1e-5)
+
+
+def test_soft_targets_reach_the_batches_and_the_loss_follows_them(small):
+    cfg = load_config("quick", ["train.soft_targets=true"])
+    data = with_soft_targets(cfg, small)
+    assert data.arrays["soft_targets"].shape == (*small.arrays["actions"].shape, 4)
+    assert "soft_targets" not in small.arrays  # the dataset itself is left alone
+    batch = make_batch(data, np.arange(6))
+    assert batch.soft.shape == (*batch.actions.shape, 4)
+    model = SequenceModel(ModelConfig(width=16, depth=1, heads=2, head_dim=8, mlp=16))
+    loss = sequence_losses(model, batch, with_obs=False)["soft_action_ce"]
+    loss.backward()
+    assert model.action_head.weight.grad.abs().sum() > 0
+
+
+def test_soft_targets_train_end_to_end_and_refuse_noisy_data(tmp_path):
+    out = tmp_path / "run"
+    assert main(["data", "--out", str(out), *TINY]) == 0
+    assert main(["train", "--out", str(out), *TINY, "--set", "train.soft_targets=true"]) == 2  # another run's config
+    out2 = tmp_path / "soft"
+    assert main(["data", "--out", str(out2), *TINY, "--set", "train.soft_targets=true"]) == 0
+    assert main(["train", "--out", str(out2), *TINY, "--set", "train.soft_targets=true"]) == 0
+    rows = [json.loads(l) for l in (out2 / "base_model" / "train_log.jsonl").read_text().splitlines()]
+    assert any("soft_action_ce" in r for r in rows)
+    with pytest.raises(ConfigError, match="soft_targets"):
+        load_config("quick", ["train.soft_targets=true", "data.epsilon=0.1"])
