@@ -61,3 +61,37 @@ def test_soft_targets_train_end_to_end_and_refuse_noisy_data(tmp_path):
     assert any("soft_action_ce" in r for r in rows)
     with pytest.raises(ConfigError, match="soft_targets"):
         load_config("quick", ["train.soft_targets=true", "data.epsilon=0.1"])
+
+
+def test_training_accumulates_through_one_checkpoint_file(tmp_path):
+    """Stop after a time limit, carry the state to a fresh run directory in one file, continue:
+    the same weights as an uninterrupted run; a file from another config is refused."""
+    from safetensors.torch import load_file
+
+    from internalrl.portable import read_header
+
+    steps = ["--set", "train.steps=6", "--set", "train.checkpoint_every=100"]
+    full = tmp_path / "full"
+    assert main(["data", "--out", str(full), *TINY, *steps]) == 0
+    assert main(["train", "--out", str(full), *TINY, *steps]) == 0
+    ckpt = tmp_path / "ckpt" / "grid.safetensors"
+    first = tmp_path / "first"
+    assert main(["data", "--out", str(first), *TINY, *steps]) == 0
+    assert main(["train", "--out", str(first), *TINY, *steps, "--checkpoint-file", str(ckpt), "--minutes", "1e-9"]) == 0
+    assert not (first / "base_model").exists() and read_header(ckpt)["step"] == "1"
+    second = tmp_path / "second"  # another machine: a fresh run directory, only the file carried over
+    assert main(["data", "--out", str(second), *TINY, *steps]) == 0
+    assert main(["train", "--out", str(second), *TINY, *steps, "--checkpoint-file", str(ckpt), "--minutes", "1e-9"]) == 0
+    assert read_header(ckpt)["step"] == "2"
+    assert main(["train", "--out", str(second), *TINY, *steps, "--checkpoint-file", str(ckpt)]) == 0
+    a = load_file(str(full / "base_model" / "model.safetensors"))
+    b = load_file(str(second / "base_model" / "model.safetensors"))
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    assert read_header(ckpt)["finished"] == "True"
+    other = tmp_path / "other"
+    assert main(["data", "--out", str(other), *TINY, "--set", "train.steps=7"]) == 0
+    before = ckpt.read_bytes()
+    assert main(["train", "--out", str(other), *TINY, "--set", "train.steps=7", "--checkpoint-file", str(ckpt)]) == 2
+    assert ckpt.read_bytes() == before
+    ckpt.write_bytes(before[:100])
+    assert main(["train", "--out", str(tmp_path / "first"), *TINY, *steps, "--checkpoint-file", str(ckpt)]) == 2

@@ -59,7 +59,14 @@ def main(argv: list[str] | None = None) -> int:
                         ("probe", "layer-wise linear probes of the subgoal"),
                         ("controllers", "supervised subgoal controllers (and the layer sweep)"),
                         ("metacontroller", "train the metacontroller (frozen base, and co-trained beside it)")]:
-        _common(sub.add_parser(name, help=help_))
+        p = sub.add_parser(name, help=help_)
+        _common(p)
+        if name == "train":
+            p.add_argument("--checkpoint-file", default=None, metavar="FILE",
+                           help="accumulate the training across sessions in this one safetensors file: start from it "
+                                "when it is further along, write the state back when stopping or done")
+            p.add_argument("--minutes", type=float, default=None,
+                           help="stop (with a checkpoint) after this many minutes of training; rerun to continue")
     p = sub.add_parser("rl", help="RL on a task with one method (needs the earlier stages)")
     _common(p)
     p.add_argument("--method", default="internal", help="internal | raw | no-switch | cotrained | compile (default internal)")
@@ -184,10 +191,14 @@ def _dispatch(args) -> int:
         stages.alpha_sweep(cfg, run, alphas, cotrained=not args.no_cotrained, progress=progress)
         print(write_report(run.root))
         return 0
+    if args.command == "train":
+        if args.minutes is not None and not args.minutes > 0:
+            raise ConfigError(f"--minutes must be positive, got {args.minutes}")
+        stages.stage_base_model(cfg, run, progress, args.checkpoint_file, args.minutes)
+        return 0
     t0 = time.perf_counter()
     plan = {
         "data": [stages.stage_data],
-        "train": [stages.stage_base_model],
         "evaluate": [stages.stage_eval_base],
         "probe": [stages.stage_probes],
         "controllers": [stages.stage_controllers],

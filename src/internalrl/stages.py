@@ -62,14 +62,35 @@ def clean_data(cfg: Config, run: RunDir):
     return load_trajectories(run.require("data_clean" if cfg.data.epsilon > 0 else "data", "data"))
 
 
-def stage_base_model(cfg: Config, run: RunDir, progress: bool = True):
-    """Pretrain the base model (SPEC §3); resumes from its checkpoint if killed."""
+def stage_base_model(cfg: Config, run: RunDir, progress: bool = True, checkpoint_file: str | None = None,
+                     minutes: float | None = None):
+    """Pretrain the base model (SPEC §3); resumes from its checkpoint if killed. With
+    ``checkpoint_file`` the training accumulates across sessions: it starts from that file
+    (:mod:`internalrl.portable`) when it is further along than the run's own checkpoint, and
+    writes its state back there when it stops (after ``minutes`` of training, if given) or ends."""
+    from .portable import load_portable, read_header, save_portable
+
     if run.done("base_model"):
         _log("base_model: finished earlier, skipped")
+        if checkpoint_file and not (Path(checkpoint_file).exists() and read_header(checkpoint_file)["finished"] == "True"):
+            save_portable(run.path("base_model"), Path(checkpoint_file), cfg, finished=True)
         return run.path("base_model")
     data = load_trajectories(run.require("data", "data"))
     work = run.partial("base_model")
-    model, info = train_base_model(cfg, data, work, progress=progress)
+    if checkpoint_file and Path(checkpoint_file).exists():
+        own = json.loads((work / "checkpoint.json").read_text())["step"] if (work / "checkpoint.json").exists() else 0
+        if int(read_header(checkpoint_file)["step"]) > own:
+            step = load_portable(Path(checkpoint_file), work, cfg)
+            _log(f"base_model: continuing from {checkpoint_file} at step {step} of {cfg.train.steps}")
+    model, info = train_base_model(cfg, data, work, progress=progress,
+                                   stop_after_seconds=None if minutes is None else 60 * minutes)
+    if model is None:
+        if checkpoint_file:
+            save_portable(work, Path(checkpoint_file), cfg)
+        _log(f"base_model: stopped at step {info['stopped_at']} of {cfg.train.steps} after {minutes} min "
+             f"({info['train_seconds'] / 3600:.2f} h of training so far); "
+             f"{'state saved to ' + checkpoint_file + '; ' if checkpoint_file else ''}run the same command to continue")
+        return None
     device = next(model.parameters()).device
     clean = clean_data(cfg, run)  # score against the noiseless expert
     _, val_idx = clean.split(cfg.data.val_fraction)
@@ -91,8 +112,11 @@ def stage_base_model(cfg: Config, run: RunDir, progress: bool = True):
          f"{ref['accuracy']:.3f}, knowing only the colours visited {marginal['accuracy']:.3f}, Bayes-optimal "
          f"{marginal['posterior_accuracy']:.3f}), NLL {heldout['action_nll']:.3f} (expert {ref['nll']:.3f}, "
          f"{marginal['nll']:.3f}, Bayes-optimal {marginal['posterior_nll']:.3f})")
-    return run.finish("base_model", {"model": asdict(cfg.model), "train": asdict(cfg.train), "seed": cfg.seed},
-                      {"headline": headline})
+    final = run.finish("base_model", {"model": asdict(cfg.model), "train": asdict(cfg.train), "seed": cfg.seed},
+                       {"headline": headline})
+    if checkpoint_file:
+        save_portable(final, Path(checkpoint_file), cfg, finished=True)
+    return final
 
 
 def stage_eval_base(cfg: Config, run: RunDir, progress: bool = True):

@@ -135,9 +135,11 @@ def with_soft_targets(cfg: Config, data: Trajectories, progress: bool = False) -
 
 
 def train_base_model(cfg: Config, data: Trajectories, work: Path, progress: bool = True,
-                     stop_after: int | None = None) -> tuple[SequenceModel | None, dict]:
+                     stop_after: int | None = None, stop_after_seconds: float | None = None
+                     ) -> tuple[SequenceModel | None, dict]:
     """Train (or resume) in ``work``. ``stop_after`` ends this session after that many steps
-    with a checkpoint written (returns ``(None, info)``), as if the run had been killed."""
+    (``stop_after_seconds``: once that much wall time has passed) with a checkpoint written
+    (returns ``(None, info)``), as if the run had been killed."""
     tc = cfg.train
     device = resolve_device(tc.device)
     torch.manual_seed(cfg.seed)
@@ -184,7 +186,8 @@ def train_base_model(cfg: Config, data: Trajectories, work: Path, progress: bool
             log.flush()
         if done in snapshot_steps:
             save_model(model, work / "snapshots", f"step_{done:07d}")
-        interrupt = stop_after is not None and done - start >= stop_after and done < tc.steps
+        interrupt = done < tc.steps and ((stop_after is not None and done - start >= stop_after) or
+                                         (stop_after_seconds is not None and time.perf_counter() - t0 >= stop_after_seconds))
         if (done % tc.checkpoint_every == 0 and done < tc.steps) or interrupt:
             save_weights(model, work / "checkpoint.safetensors")
             torch.save(opt.state_dict(), work / "checkpoint_optim.pt")
@@ -192,7 +195,7 @@ def train_base_model(cfg: Config, data: Trajectories, work: Path, progress: bool
         if interrupt:
             bar.close()
             log.close()
-            return None, {"stopped_at": done}
+            return None, {"stopped_at": done, "train_seconds": train_time + time.perf_counter() - t0}
     bar.close()
     log.close()
     train_time += time.perf_counter() - t0
