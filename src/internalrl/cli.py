@@ -103,7 +103,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--lr", type=float, default=3e-3, help="controller learning rate (default 3e-3, cosine to 0)")
     p.add_argument("--episodes", type=int, default=1024, help="episodes per rollout evaluation (default 1024)")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--name", default="steerability", help="output folder inside the run (default steerability)")
+    p.add_argument("--name", default=None, help="output folder inside the run (default steerability, or "
+                   "steerability_step<N> with --snapshot)")
+    p.add_argument("--snapshot", type=int, default=None, metavar="STEP",
+                   help="measure the base model's training snapshot at this step instead of the final model")
     p.add_argument("--no-progress", action="store_true")
     p = sub.add_parser("report", help="(re)write report.html of a run directory")
     p.add_argument("--out", required=True)
@@ -140,8 +143,9 @@ def _dispatch(args) -> int:
 
         sc = SteerabilityConfig(layer=args.layer, rank=args.rank, steps=args.steps, batch_size=args.batch_size,
                                 lr=args.lr, episodes=args.episodes, seed=args.seed)
-        m = run_steerability(args.run_dir, sc, args.name, progress=not args.no_progress,
-                             log=lambda msg: print(f"[internalrl] {msg}", flush=True))
+        name = args.name or ("steerability" if args.snapshot is None else f"steerability_step{args.snapshot}")
+        m = run_steerability(args.run_dir, sc, name, progress=not args.no_progress,
+                             log=lambda msg: print(f"[internalrl] {msg}", flush=True), snapshot=args.snapshot)
         print(json.dumps(m["headline"], indent=2))
         return 0
     if args.command == "report":

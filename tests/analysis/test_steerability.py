@@ -103,3 +103,9 @@ def test_command_writes_metrics_and_figure_and_keeps_a_finished_folder(tmp_path,
     assert "steps must be at least 1" in capsys.readouterr().err
     assert not (out / "other").exists()
     assert main(["steerability", str(tmp_path / "nowhere"), "--no-progress"]) == 2
+    # a training snapshot (TINY keeps steps 3 and 6) gets its own folder; a missing one is refused
+    assert main(args + ["--snapshot", "3"]) == 0
+    snap = json.loads((out / "steerability_step3" / "metrics.json").read_text())
+    assert snap["base_model"]["steps"] == 3 and snap["base_model"]["snapshot"] == 3
+    assert main(args + ["--snapshot", "4"]) == 2
+    assert "it has: 3, 6" in capsys.readouterr().err

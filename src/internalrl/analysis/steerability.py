@@ -278,10 +278,11 @@ def plot_steerability(m: dict, path, title: str = "") -> None:
 
 
 def run_steerability(root, sc: SteerabilityConfig, name: str = "steerability", progress: bool = True,
-                     log=print) -> dict:
-    """The protocol on the base model of the run directory ``root``: writes ``root/name/``
-    (``metrics.json``, ``steerability.png``, the controllers) and returns the metrics. A finished
-    folder is never overwritten: its metrics are returned as they are."""
+                     log=print, snapshot: int | None = None) -> dict:
+    """The protocol on the base model of the run directory ``root`` (or on its training snapshot
+    at step ``snapshot``): writes ``root/name/`` (``metrics.json``, ``steerability.png``, the
+    controllers) and returns the metrics. A finished folder is never overwritten: its metrics
+    are returned as they are."""
     import json
     from pathlib import Path
 
@@ -308,20 +309,32 @@ def run_steerability(root, sc: SteerabilityConfig, name: str = "steerability", p
         log(f"steerability: {root / name} is finished; its numbers are kept (pass another --name for new settings)")
         return json.loads((root / name / "metrics.json").read_text())
     device = resolve_device(cfg.train.device)
-    model = load_model(run.require("base_model", "train"), device=device)
+    base_dir = run.require("base_model", "train")
+    if snapshot is None:
+        model = load_model(base_dir, device=device)
+    else:
+        snaps = sorted(int(p.stem.split("_")[1]) for p in (base_dir / "snapshots").glob("step_*.safetensors"))
+        if snapshot not in snaps:
+            raise RunDirError(f"{base_dir} has no snapshot at step {snapshot}; it has: {', '.join(map(str, snaps))}")
+        model = load_model(base_dir / "snapshots", name=f"step_{snapshot:07d}", device=device)
     sc.validate(model.depth, model.cfg.width)
     data = clean_data(cfg, run)
     spec = cfg.env.spec()
     pre = parse_task_set(cfg.env.pretrain_tasks, spec.num_objects)
     post = parse_task_set(cfg.env.posttrain_task, spec.num_objects)[0]
     base = run.metrics("base_model", "train").get("headline", {})
+    steps = cfg.train.steps if snapshot is None else snapshot
     metrics, ctl = measure_steerability(model, data, spec, pre, post, sc, device, cfg.data.val_fraction,
-                                        progress=progress, log=log, base_metrics=base)
-    metrics["base_model"] = {"steps": cfg.train.steps, "train_seconds": base.get("train_seconds"),
-                             "parameters": base.get("parameters"), "model": asdict(cfg.model)}
+                                        progress=progress, log=log,
+                                        base_metrics=base if snapshot is None else None)
+    seconds = base.get("train_seconds")
+    metrics["base_model"] = {"steps": steps, "snapshot": snapshot, "parameters": base.get("parameters"),
+                             "model": asdict(cfg.model),
+                             # a snapshot's share of the training time, by steps (the log keeps no clock)
+                             "train_seconds": None if seconds is None else seconds * steps / cfg.train.steps}
     work = run.partial(name)
     save_weights(ctl, work / f"controllers_layer{metrics['layer']}.safetensors")
-    plot_steerability(metrics, work / "steerability.png", title=f"{root.name}: {cfg.train.steps} base-model steps")
+    plot_steerability(metrics, work / "steerability.png", title=f"{root.name}: {steps} base-model steps")
     run.finish(name, {"steerability": asdict(sc)}, metrics)
     log(f"steerability: wrote {root / name}/metrics.json and steerability.png")
     return metrics
