@@ -82,11 +82,10 @@ def stage_base_model(cfg: Config, run: RunDir, progress: bool = True, checkpoint
         if int(read_header(checkpoint_file)["step"]) > own:
             step = load_portable(Path(checkpoint_file), work, cfg)
             _log(f"base_model: continuing from {checkpoint_file} at step {step} of {cfg.train.steps}")
-    model, info = train_base_model(cfg, data, work, progress=progress,
+    export = (lambda: save_portable(work, Path(checkpoint_file), cfg)) if checkpoint_file else None
+    model, info = train_base_model(cfg, data, work, progress=progress, on_checkpoint=export,
                                    stop_after_seconds=None if minutes is None else 60 * minutes)
     if model is None:
-        if checkpoint_file:
-            save_portable(work, Path(checkpoint_file), cfg)
         _log(f"base_model: stopped at step {info['stopped_at']} of {cfg.train.steps} after {minutes} min "
              f"({info['train_seconds'] / 3600:.2f} h of training so far); "
              f"{'state saved to ' + checkpoint_file + '; ' if checkpoint_file else ''}run the same command to continue")

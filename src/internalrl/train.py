@@ -135,11 +135,12 @@ def with_soft_targets(cfg: Config, data: Trajectories, progress: bool = False) -
 
 
 def train_base_model(cfg: Config, data: Trajectories, work: Path, progress: bool = True,
-                     stop_after: int | None = None, stop_after_seconds: float | None = None
-                     ) -> tuple[SequenceModel | None, dict]:
+                     stop_after: int | None = None, stop_after_seconds: float | None = None,
+                     on_checkpoint=None) -> tuple[SequenceModel | None, dict]:
     """Train (or resume) in ``work``. ``stop_after`` ends this session after that many steps
     (``stop_after_seconds``: once that much wall time has passed) with a checkpoint written
-    (returns ``(None, info)``), as if the run had been killed."""
+    (returns ``(None, info)``), as if the run had been killed. ``on_checkpoint()`` is called
+    after every checkpoint is written."""
     tc = cfg.train
     device = resolve_device(tc.device)
     torch.manual_seed(cfg.seed)
@@ -192,6 +193,8 @@ def train_base_model(cfg: Config, data: Trajectories, work: Path, progress: bool
             save_weights(model, work / "checkpoint.safetensors")
             torch.save(opt.state_dict(), work / "checkpoint_optim.pt")
             ckpt.write_text(json.dumps({"step": done, "train_seconds": train_time + time.perf_counter() - t0}))
+            if on_checkpoint is not None:
+                on_checkpoint()
         if interrupt:
             bar.close()
             log.close()
