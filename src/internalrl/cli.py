@@ -20,10 +20,12 @@ from pathlib import Path
 from .config import ConfigError, PRESETS, dumps, load_config
 from .data import DataError
 from .envs.tasks import TaskError
+from .pretrained import PretrainedError
 from .rundir import RunDir, RunDirError
 from .train import CheckpointError
+from . import cli_pretrained
 
-USER_ERRORS = (ConfigError, RunDirError, DataError, CheckpointError, TaskError)
+USER_ERRORS = (ConfigError, RunDirError, DataError, CheckpointError, TaskError, PretrainedError)
 
 
 def _common(p: argparse.ArgumentParser, out: bool = True) -> None:
@@ -94,6 +96,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--json", default=None, help="also write the numbers to this file")
     p = sub.add_parser("config", help="print the resolved config")
     _common(p, out=False)
+    cli_pretrained.add_arguments(sub)  # pretrained list|eval|export, --base-model, --init-from
     args = parser.parse_args(argv)
     try:
         return _dispatch(args)
@@ -116,6 +119,8 @@ def _dispatch(args) -> int:
         return 0
     if args.command == "ant-data":
         return _ant_data(args)
+    if args.command == "pretrained":
+        return cli_pretrained.dispatch(args)
     if args.command == "report":
         root = Path(args.out)
         if not (root / "run.json").exists():
@@ -143,7 +148,9 @@ def _dispatch(args) -> int:
                           progress=not args.no_progress)
         print(Path(args.out) / "fig8.png")
         return 0
+    cfg, source = cli_pretrained.run_dir_setup(args, cfg)  # --base-model shipped|train
     run = _run_dir(args, cfg)
+    cli_pretrained.record(run, source)
     progress = not args.no_progress
     if args.command == "rl":
         if args.episodes is not None:
@@ -174,6 +181,8 @@ def _dispatch(args) -> int:
         "run": [stages.stage_data, stages.stage_base_model, stages.stage_eval_base, stages.stage_probes,
                 stages.stage_controllers, stages.stage_metacontroller, stages.stage_rl_quick],
     }[args.command]
+    make_base = cli_pretrained.base_model_stage(args, source)
+    plan = [make_base if stage is stages.stage_base_model else stage for stage in plan]
     for stage in plan:
         stage(cfg, run, progress=progress)
     if args.command == "run":

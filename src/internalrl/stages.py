@@ -62,14 +62,26 @@ def clean_data(cfg: Config, run: RunDir):
     return load_trajectories(run.require("data_clean" if cfg.data.epsilon > 0 else "data", "data"))
 
 
-def stage_base_model(cfg: Config, run: RunDir, progress: bool = True):
-    """Pretrain the base model (SPEC §3); resumes from its checkpoint if killed."""
+def stage_base_model(cfg: Config, run: RunDir, progress: bool = True, init_from: Path | None = None):
+    """Pretrain the base model (SPEC §3); resumes from its checkpoint if killed. ``init_from``:
+    start from the weights of a compact checkpoint (``scripts/train_gpu.py``) instead of a fresh init."""
     if run.done("base_model"):
         _log("base_model: finished earlier, skipped")
         return run.path("base_model")
     data = load_trajectories(run.require("data", "data"))
     work = run.partial("base_model")
-    model, info = train_base_model(cfg, data, work, progress=progress)
+    model, info = train_base_model(cfg, data, work, progress=progress, init_from=init_from)
+    stage_config = {"model": asdict(cfg.model), "train": asdict(cfg.train), "seed": cfg.seed}
+    if info.get("init_from"):
+        stage_config["init_from"] = info["init_from"]
+    return finish_base_model(cfg, run, model, info["train_seconds"], stage_config)
+
+
+def finish_base_model(cfg: Config, run: RunDir, model, train_seconds: float, stage_config: dict,
+                      source: dict | None = None):
+    """Measure the base model in ``run``'s ``.base_model.partial`` folder on held-out D* and
+    finish the stage (what every later stage reads from ``base_model/metrics.json``). ``source``
+    (where a model not trained here came from) goes into the stage's config and metrics."""
     device = next(model.parameters()).device
     clean = clean_data(cfg, run)  # score against the noiseless expert
     _, val_idx = clean.split(cfg.data.val_fraction)
@@ -84,15 +96,17 @@ def stage_base_model(cfg: Config, run: RunDir, progress: bool = True):
         "expert_action_nll": ref["nll"], "task_marginal_expert_accuracy": marginal["accuracy"],
         "task_marginal_expert_nll": marginal["nll"],
         "bayes_optimal_accuracy": marginal["posterior_accuracy"], "bayes_optimal_nll": marginal["posterior_nll"],
-        "train_seconds": info["train_seconds"],
+        "train_seconds": train_seconds,
         "parameters": sum(p.numel() for p in model.parameters()),
     }
     _log(f"base_model: held-out next-action accuracy {heldout['action_accuracy']:.3f} (expert knowing the task "
          f"{ref['accuracy']:.3f}, knowing only the colours visited {marginal['accuracy']:.3f}, Bayes-optimal "
          f"{marginal['posterior_accuracy']:.3f}), NLL {heldout['action_nll']:.3f} (expert {ref['nll']:.3f}, "
          f"{marginal['nll']:.3f}, Bayes-optimal {marginal['posterior_nll']:.3f})")
-    return run.finish("base_model", {"model": asdict(cfg.model), "train": asdict(cfg.train), "seed": cfg.seed},
-                      {"headline": headline})
+    if source is not None:
+        headline["source"] = source["summary"]
+        stage_config = {**stage_config, "source": source}
+    return run.finish("base_model", stage_config, {"headline": headline, **({"source": source} if source else {})})
 
 
 def stage_eval_base(cfg: Config, run: RunDir, progress: bool = True):

@@ -280,8 +280,11 @@ class SequenceModel(nn.Module):
 
     def sample_action(self, out: HeadOutput, generator: torch.Generator | None = None,
                       temperature: float = 1.0) -> torch.Tensor:
-        """Sample from the action head, for the last time step of ``out`` -> (B,) or (B, A)."""
+        """Sample from the action head, for the last time step of ``out`` -> (B,) or (B, A).
+        ``temperature=0`` is greedy: the most likely action (the Gaussian's mean), no randomness drawn."""
         head = out.action[:, -1]
+        if temperature == 0:
+            return head.argmax(-1) if self.cfg.action_type == "categorical" else head
         if self.cfg.action_type == "categorical":
             probs = F.softmax(head.float() / temperature, -1)
             return torch.multinomial(probs, 1, generator=generator)[:, 0]
