@@ -102,7 +102,10 @@ def train(args, clock) -> int:
         raise ConfigError(f"--log-every must be at least 1, got {args.log_every}")
     deadline = began + 60.0 * args.minutes
     cfg = load_config(args.preset, args.overrides + ([f"seed={args.seed}"] if args.seed is not None else []))
-    device = resolve_device(args.device)
+    try:
+        device = resolve_device(args.device)
+    except RuntimeError as e:  # cuda asked for, none here
+        raise ConfigError("--device cuda, but no CUDA device is available here; use --device auto or cpu") from None
     cfg.train.device = device.type
     precision = args.precision if args.precision != "auto" else ("bf16" if device.type == "cuda" else "fp32")
     autocast = torch.bfloat16 if precision == "bf16" else None

@@ -133,7 +133,6 @@ def test_greedy_rollouts_take_the_argmax_and_draw_no_randomness(shipped):
 
 def test_base_model_shipped_fills_the_stage_and_the_run_remembers(shipped, tmp_path, capsys, monkeypatch):
     _, root = shipped
-    assert pretrained.DEFAULT_BASE_MODEL == "train"
     out = tmp_path / "run"
     monkeypatch.setenv(pretrained.ROOT_ENV, str(tmp_path / "empty"))
     assert main(["train", "--out", str(out), "--base-model", "shipped", *REST]) == 2
@@ -154,9 +153,17 @@ def test_base_model_shipped_fills_the_stage_and_the_run_remembers(shipped, tmp_p
     assert main(["evaluate", "--out", str(out), "--base-model", "train", *REST]) == 2
     assert "made with --base-model shipped" in capsys.readouterr().err
     assert not (out / "eval_base").exists()
-    # the default trains, and a trained run refuses the shipped model
+    # without --base-model a new run takes the default, and a trained run refuses the shipped model
+    monkeypatch.setattr(pretrained, "DEFAULT_BASE_MODEL", "train")
     trained = tmp_path / "trained"
     assert main(["data", "--out", str(trained), *MODEL, *REST]) == 0
     assert json.loads((trained / "run.json").read_text())["base_model"] == {"choice": "train"}
     assert main(["train", "--out", str(trained), "--base-model", "shipped", *REST]) == 2
     assert "made with --base-model train" in capsys.readouterr().err
+    monkeypatch.setattr(pretrained, "DEFAULT_BASE_MODEL", "shipped")
+    assert main(["data", "--out", str(tmp_path / "by_default"), *REST]) == 0
+    assert json.loads((tmp_path / "by_default" / "run.json").read_text())["base_model"]["sha256"] == sha
+
+
+def test_the_default_is_to_train_until_a_model_is_shipped():
+    assert pretrained.DEFAULT_BASE_MODEL == "train" or pretrained.available(pretrained.default_root())

@@ -23,7 +23,8 @@ from dataclasses import asdict, replace
 from pathlib import Path
 
 from .config import Config, ConfigError
-from .pretrained import DEFAULT_BASE_MODEL, PretrainedError, find_for_env, load
+from . import pretrained
+from .pretrained import PretrainedError, find_for_env, load
 from .rundir import RunDir, RunDirError
 
 
@@ -59,7 +60,7 @@ def resolve(cfg: Config, root: Path, requested: str | None, overrides: list[str]
     """The config this run uses and its base-model source record, e.g. ``{"choice": "train"}``
     or ``{"choice": "shipped", "name": "grid", "sha256": ..., "summary": ...}``."""
     before = recorded(root)
-    choice = requested or (before or {}).get("choice") or DEFAULT_BASE_MODEL
+    choice = requested or (before or {}).get("choice") or pretrained.DEFAULT_BASE_MODEL
     if before is not None and requested and before.get("choice") != requested:
         raise RunDirError(f"{root} was made with --base-model {before.get('choice')}; it cannot continue with "
                           f"--base-model {requested}. Use a new --out folder (or --base-model {before.get('choice')}).")

@@ -104,7 +104,10 @@ def dispatch(args) -> int:
         raise ConfigError(f"--episodes must be at least 1, got {args.episodes}")
     from .train import resolve_device
 
-    device = resolve_device(args.device)
+    try:
+        device = resolve_device(args.device)
+    except RuntimeError as e:  # cuda asked for, none here
+        raise ConfigError("--device cuda, but no CUDA device is available here; use --device auto or cpu") from None
     p = pretrained.load(args.name, args.root, device=device)
     res = pretrained.evaluate(p, args.policy, args.task, args.episodes, args.seed, args.greedy, device,
                               progress=not (args.no_progress or args.json))

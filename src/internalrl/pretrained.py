@@ -100,15 +100,16 @@ def verify(folder: Path) -> dict:
                               f"{MANIFEST_FORMAT}; {redo}")
     for name in FILES:
         path = folder / name
-        if name not in files:
-            raise PretrainedError(f"{folder / 'manifest.json'} does not list {name}; {redo}")
+        want = files.get(name) if isinstance(files, dict) else None
+        if not (isinstance(want, dict) and isinstance(want.get("bytes"), int) and isinstance(want.get("sha256"), str)):
+            raise PretrainedError(f"{folder / 'manifest.json'} does not list {name} with its bytes and sha256; {redo}")
         if not path.is_file():
             raise PretrainedError(f"{path} is missing; {redo}")
-        size, want = path.stat().st_size, files[name]
-        if size != want.get("bytes"):
-            what = "truncated" if size < want.get("bytes", 0) else "longer than shipped"
-            raise PretrainedError(f"{path} is {what} ({size} bytes, the manifest says {want.get('bytes')}); {redo}")
-        if sha256_file(path) != want.get("sha256"):
+        size = path.stat().st_size
+        if size != want["bytes"]:
+            what = "truncated" if size < want["bytes"] else "longer than shipped"
+            raise PretrainedError(f"{path} is {what} ({size} bytes, the manifest says {want['bytes']}); {redo}")
+        if sha256_file(path) != want["sha256"]:
             raise PretrainedError(f"{path} is corrupt (its sha256 differs from the manifest's); {redo}")
     return manifest
 
