@@ -22,6 +22,7 @@ import argparse
 import json
 import sys
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict
 from pathlib import Path
 
@@ -137,6 +138,11 @@ def train(args, clock) -> int:
                                                                  "precision": precision})
         return size, clock() - t
 
+    def fetch(s: int):  # the batch of step s, prepared in a worker thread while the device runs step s-1
+        return make_batch(data, batch_indices(train_idx, tc.batch_size, cfg.seed, s, lengths), device)
+
+    pool = ThreadPoolExecutor(1)
+    pending = pool.submit(fetch, start) if start < tc.steps else None
     t_train = clock()
     step, tokens, step_s, save_s, last_save, reason = start, 0, 0.0, 1.0, clock(), "finished"
     while step < tc.steps:
@@ -149,7 +155,8 @@ def train(args, clock) -> int:
             save_s, last_save = max(save_s, took), clock()
         for g in opt.param_groups:
             g["lr"] = lr_at(step, tc)
-        batch = make_batch(data, batch_indices(train_idx, tc.batch_size, cfg.seed, step, lengths), device).to(device)
+        batch = pending.result().to(device)
+        pending = pool.submit(fetch, step + 1) if step + 1 < tc.steps else None
         losses = train_step(model, opt, batch, tc, autocast)
         nll = float(losses["action_nll"].detach())  # waits for the GPU: the step's time is real
         tokens += int(batch.mask.sum())
@@ -161,6 +168,7 @@ def train(args, clock) -> int:
             print(f"[train_gpu] step {step}/{tc.steps} action_nll {nll:.4f} obs_nll "
                   f"{float(losses['obs_nll'].detach()) if 'obs_nll' in losses else float('nan'):.2f} lr {lr_at(step - 1, tc):.2e} "
                   f"{rate:,.0f} tokens/s", flush=True)
+    pool.shutdown(cancel_futures=True)
     size, _ = save(step)
     opts = " ".join([f"--preset {args.preset}", *([f"--seed {args.seed}"] if args.seed is not None else []),
                      *(f"--set {o}" for o in args.overrides)])
