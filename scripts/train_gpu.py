@@ -1,14 +1,14 @@
 #!/usr/bin/env python
-"""Pretrain the base model on a GPU in sessions of a few minutes, resuming each time.
+"""Pretrain the base model on a GPU a few minutes at a time, resuming each time.
 
     python scripts/train_gpu.py --checkpoint ckpt/paper.safetensors            # paper preset, 9 minutes
     python scripts/train_gpu.py --checkpoint ckpt/paper.safetensors --minutes 9 --data ckpt/data
 
-Every session loads the checkpoint (created if missing), trains the ``paper`` preset's base model
+Every run loads the checkpoint (created if missing), trains the ``paper`` preset's base model
 (width 256, depth 6, batch 1024, its lr schedule over ``train.steps``) with bf16 autocast on
 CUDA, and stops by itself before ``--minutes`` run out, final save included. The checkpoint is
 one compact safetensors file (:mod:`internalrl.compact`: bf16 weights and bf16 AdamW second
-moments, 13.3 MiB for the paper model); it says how resuming handles precision. The training
+moments, 13.3 MiB for the paper model, under 16 MiB); it says how resuming handles precision. The training
 data is the data stage's: generated from the config into ``--data`` (default: a folder beside
 the checkpoint) when it is not there yet.
 
@@ -36,7 +36,7 @@ from internalrl.models.sequence_model import SequenceModel
 from internalrl.train import CheckpointError, lr_at, resolve_device, train_step
 
 USER_ERRORS = (ConfigError, DataError, CheckpointError, TaskError)
-SAVE_EVERY_S = 120.0  # also save mid-session, so a killed session loses at most this much
+SAVE_EVERY_S = 120.0  # also save mid-run, so a killed run loses at most this much
 
 
 def parse_args(argv):
@@ -55,7 +55,7 @@ def parse_args(argv):
 
 
 def _compare(stored: dict, cfg) -> list[str]:
-    """Fields the checkpoint's config and this session's disagree on (train.device may differ)."""
+    """Fields the checkpoint's config and this run's disagree on (train.device may differ)."""
     now = json.loads(dumps(cfg))
     diffs = []
     for section in ("seed", "env", "data", "model", "train"):
@@ -116,7 +116,7 @@ def train(args, clock) -> int:
         diffs = _compare(ck.config, cfg)
         if diffs:
             raise CheckpointError(f"{path} was trained with another config:\n  " + "\n  ".join(diffs[:8]) +
-                                  "\nUse the same --preset, --seed and --set as the session that wrote it, or another --checkpoint.")
+                                  "\nUse the same --preset, --seed and --set as the run that wrote it, or another --checkpoint.")
     data = get_data(cfg, Path(args.data) if args.data else path.with_name(path.stem + "_data"))
     tc = cfg.train
     torch.manual_seed(cfg.seed)

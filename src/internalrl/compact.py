@@ -6,7 +6,7 @@ for the paper model, under a 16 MiB limit):
 
 * ``weight/<name>``: the weights in bfloat16. Training keeps fp32 master weights (autocast
   runs the matrix products in bf16); the weights are rounded to bf16 only when saved, so a
-  resumed run loses at most a relative 2^-9 per weight once per session, not once per step.
+  resumed run loses at most a relative 2^-9 per weight once per run of the script, not once per step.
 * ``adam_v/<name>``: AdamW's second moment (``exp_avg_sq``) in bfloat16. With β2 = 0.999 it
   averages about the last 1000 squared gradients, far longer than a restart can rebuild
   quickly, so it is kept (bf16 costs < 0.4% of its value, < 0.2% of its square root).
