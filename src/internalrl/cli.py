@@ -8,6 +8,7 @@
     internalrl report --out DIR
     internalrl bench [--preset P] [--envs 1024]
     internalrl config [--preset P] [--set ...]               # print the resolved config
+    internalrl pretrained list|eval NAME|export RUN NAME       # shipped models; `run --base-model shipped` uses one
 """
 from __future__ import annotations
 
