@@ -9,10 +9,12 @@
     internalrl report --out DIR
     internalrl bench [--preset P] [--envs 1024]
     internalrl config [--preset P] [--set ...]               # print the resolved config
+    internalrl pretrained list|eval NAME|export RUN NAME       # shipped models; `run --base-model shipped` uses one
 """
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import sys
 import time
@@ -21,10 +23,12 @@ from pathlib import Path
 from .config import ConfigError, PRESETS, dumps, load_config
 from .data import DataError
 from .envs.tasks import TaskError
+from .pretrained import PretrainedError
 from .rundir import RunDir, RunDirError
 from .train import CheckpointError
+from . import cli_pretrained
 
-USER_ERRORS = (ConfigError, RunDirError, DataError, CheckpointError, TaskError)
+USER_ERRORS = (ConfigError, RunDirError, DataError, CheckpointError, TaskError, PretrainedError)
 
 
 def _common(p: argparse.ArgumentParser, out: bool = True) -> None:
@@ -116,6 +120,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--json", default=None, help="also write the numbers to this file")
     p = sub.add_parser("config", help="print the resolved config")
     _common(p, out=False)
+    cli_pretrained.add_arguments(sub)  # pretrained list|eval|export, --base-model, --init-from
     args = parser.parse_args(argv)
     try:
         return _dispatch(args)
@@ -148,6 +153,8 @@ def _dispatch(args) -> int:
                              log=lambda msg: print(f"[internalrl] {msg}", flush=True), snapshot=args.snapshot)
         print(json.dumps(m["headline"], indent=2))
         return 0
+    if args.command == "pretrained":
+        return cli_pretrained.dispatch(args)
     if args.command == "report":
         root = Path(args.out)
         if not (root / "run.json").exists():
@@ -175,7 +182,9 @@ def _dispatch(args) -> int:
                           progress=not args.no_progress)
         print(Path(args.out) / "fig8.png")
         return 0
+    cfg, source = cli_pretrained.run_dir_setup(args, cfg)  # --base-model shipped|train
     run = _run_dir(args, cfg)
+    cli_pretrained.record(run, source)
     progress = not args.no_progress
     if args.command == "rl":
         if args.episodes is not None:
@@ -195,14 +204,10 @@ def _dispatch(args) -> int:
         stages.alpha_sweep(cfg, run, alphas, cotrained=not args.no_cotrained, progress=progress)
         print(write_report(run.root))
         return 0
-    if args.command == "train":
-        if args.minutes is not None and not args.minutes > 0:
-            raise ConfigError(f"--minutes must be positive, got {args.minutes}")
-        stages.stage_base_model(cfg, run, progress, args.checkpoint_file, args.minutes)
-        return 0
     t0 = time.perf_counter()
     plan = {
         "data": [stages.stage_data],
+        "train": [stages.stage_base_model],
         "evaluate": [stages.stage_eval_base],
         "probe": [stages.stage_probes],
         "controllers": [stages.stage_controllers],
@@ -210,6 +215,16 @@ def _dispatch(args) -> int:
         "run": [stages.stage_data, stages.stage_base_model, stages.stage_eval_base, stages.stage_probes,
                 stages.stage_controllers, stages.stage_metacontroller, stages.stage_rl_quick],
     }[args.command]
+    make_base = cli_pretrained.base_model_stage(args, source)
+    if args.command == "train" and (args.checkpoint_file or args.minutes is not None):
+        if args.minutes is not None and not args.minutes > 0:
+            raise ConfigError(f"--minutes must be positive, got {args.minutes}")
+        if make_base is not stages.stage_base_model:
+            raise ConfigError("--checkpoint-file and --minutes train the base model here; they do not combine with "
+                              "--base-model shipped or --init-from")
+        make_base = functools.partial(stages.stage_base_model, checkpoint_file=args.checkpoint_file,
+                                      minutes=args.minutes)
+    plan = [make_base if stage is stages.stage_base_model else stage for stage in plan]
     for stage in plan:
         stage(cfg, run, progress=progress)
     if args.command == "run":

@@ -213,16 +213,17 @@ def grid_observations(layout: torch.Tensor, agent: torch.Tensor, spec: GridSpec)
     return obs.reshape(b, t, spec.obs_dim)
 
 
-def make_batch(data: Trajectories, idx: np.ndarray) -> Batch:
-    """Batch episodes ``idx``, cut to the longest of them, with a validity mask."""
+def make_batch(data: Trajectories, idx: np.ndarray, device=None) -> Batch:
+    """Batch episodes ``idx``, cut to the longest of them, with a validity mask. With ``device``,
+    grid observations are rebuilt there from the compact layout (much less to copy to a GPU)."""
     a = data.arrays
     lengths = torch.as_tensor(a["lengths"][idx].astype(np.int64))
     tb = int(lengths.max())
     mask = torch.arange(tb)[None, :] < lengths[:, None]
     if data.card["obs_format"] == "grid":
         spec = GridSpec(**data.card["env"])
-        obs = grid_observations(torch.as_tensor(a["layout"][idx].astype(np.int64)),
-                                torch.as_tensor(a["agent"][idx, : tb + 1].astype(np.int64)), spec)
+        obs = grid_observations(torch.as_tensor(a["layout"][idx].astype(np.int64), device=device),
+                                torch.as_tensor(a["agent"][idx, : tb + 1].astype(np.int64), device=device), spec)
         actions = torch.as_tensor(a["actions"][idx, :tb].astype(np.int64))
     else:
         obs = torch.as_tensor(a["observations"][idx, : tb + 1].astype(np.float32))

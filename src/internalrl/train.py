@@ -17,6 +17,7 @@ import torch
 from safetensors.torch import load_file, save_file
 from tqdm.auto import tqdm
 
+from .compact import init_from_compact
 from .config import Config, ConfigError
 from .data import Batch, Trajectories, batch_indices, make_batch
 from .models.sequence_model import ModelConfig, SequenceModel
@@ -98,12 +99,17 @@ def load_model(folder: str | Path, name: str = "model", device="cpu") -> Sequenc
     return model.to(device).eval()
 
 
-def train_step(model: SequenceModel, opt: torch.optim.Optimizer, batch: Batch, tc) -> dict[str, torch.Tensor]:
+def train_step(model: SequenceModel, opt: torch.optim.Optimizer, batch: Batch, tc,
+               autocast_dtype: torch.dtype | None = None) -> dict[str, torch.Tensor]:
     """One AdamW step on −ln p(a|o) − λ ln p(o'|o), gradients clipped; returns the losses.
-    With λ = 0 the next-observation head is skipped (it is a large share of a step's work)."""
-    losses = sequence_losses(model, batch, with_obs=tc.obs_loss_weight > 0)
-    action_loss = losses["soft_action_ce"] if getattr(tc, "soft_targets", False) else losses["action_nll"]
-    loss = action_loss + tc.obs_loss_weight * losses.get("obs_nll", 0.0)
+    With λ = 0 the next-observation head is skipped (it is a large share of a step's work).
+    With ``tc.soft_targets`` the action loss is the cross-entropy against the batch's soft targets.
+    ``autocast_dtype`` (e.g. torch.bfloat16) runs the forward pass under autocast; weights,
+    gradients and the optimiser stay in their own dtype."""
+    with torch.autocast(batch.obs.device.type, dtype=autocast_dtype, enabled=autocast_dtype is not None):
+        losses = sequence_losses(model, batch, with_obs=tc.obs_loss_weight > 0)
+        action_loss = losses["soft_action_ce"] if getattr(tc, "soft_targets", False) else losses["action_nll"]
+        loss = action_loss + tc.obs_loss_weight * losses.get("obs_nll", 0.0)
     opt.zero_grad(set_to_none=True)
     loss.backward()
     torch.nn.utils.clip_grad_norm_(model.parameters(), tc.grad_clip)
@@ -135,12 +141,14 @@ def with_soft_targets(cfg: Config, data: Trajectories, progress: bool = False) -
 
 
 def train_base_model(cfg: Config, data: Trajectories, work: Path, progress: bool = True,
-                     stop_after: int | None = None, stop_after_seconds: float | None = None,
-                     on_checkpoint=None) -> tuple[SequenceModel | None, dict]:
+                     stop_after: int | None = None, init_from: Path | None = None,
+                     stop_after_seconds: float | None = None, on_checkpoint=None) -> tuple[SequenceModel | None, dict]:
     """Train (or resume) in ``work``. ``stop_after`` ends this session after that many steps
     (``stop_after_seconds``: once that much wall time has passed) with a checkpoint written
     (returns ``(None, info)``), as if the run had been killed. ``on_checkpoint()`` is called
-    after every checkpoint is written."""
+    after every checkpoint is written. ``init_from``: start from a compact checkpoint's weights
+    and AdamW second moments (:mod:`internalrl.compact`, e.g. from ``scripts/train_gpu.py``)
+    with this run's own schedule."""
     tc = cfg.train
     device = resolve_device(tc.device)
     torch.manual_seed(cfg.seed)
@@ -162,6 +170,7 @@ def train_base_model(cfg: Config, data: Trajectories, work: Path, progress: bool
         except Exception as e:
             raise CheckpointError(f"the training checkpoint in {work} is corrupt ({type(e).__name__}); "
                                   f"delete {work} to restart this stage from scratch") from None
+    init = init_from_compact(model, opt, init_from, cfg.model, work, resuming=ckpt.exists())
     snapshot_steps = sorted({int(round(tc.steps * (i + 1) / tc.snapshots)) for i in range(tc.snapshots)})
     log = open(work / "train_log.jsonl", "a")
     bar = tqdm(range(start, tc.steps), initial=start, total=tc.steps, desc="pretrain base model", disable=not progress)
@@ -205,4 +214,4 @@ def train_base_model(cfg: Config, data: Trajectories, work: Path, progress: bool
     save_model(model, work)
     for f in ("checkpoint.safetensors", "checkpoint_optim.pt", "checkpoint.json"):
         (work / f).unlink(missing_ok=True)
-    return model.eval(), {"train_seconds": train_time, "tokens_per_s_last_session": tokens / max(time.perf_counter() - t0, 1e-9)}
+    return model.eval(), {"train_seconds": train_time, "init_from": init, "tokens_per_s_last_session": tokens / max(time.perf_counter() - t0, 1e-9)}

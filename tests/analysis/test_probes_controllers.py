@@ -54,7 +54,7 @@ def test_controlled_rollout_applies_the_current_subgoals_controller():
     # a controller that changes the actions changes the rollout: record the actions taken
     seen = []
     orig = model.sample_action
-    model.sample_action = lambda out, gen: seen.append(out.action[:, -1].clone()) or orig(out, gen)
+    model.sample_action = lambda out, gen, *rest: seen.append(out.action[:, -1].clone()) or orig(out, gen, *rest)
     rollout_with_controllers(model, None, 1, env(), seed=3, device="cpu")
     plain = torch.cat(seen)
     seen.clear()

@@ -74,13 +74,13 @@ def train_controllers(model: SequenceModel, data: Trajectories, train_idx: np.nd
 @torch.no_grad()
 def rollout_with_controllers(model: SequenceModel, ctl: SubgoalControllers | None, layer: int,
                              env: BatchedGridPinpad, seed: int, device, labels=None, before_step=None,
-                             greedy: bool = False) -> dict:
+                             temperature: float = 1.0, greedy: bool = False) -> dict:
     """Step the base model with the controller of each environment's current ground-truth
     subgoal applied at ``layer`` (``ctl=None``: the uncontrolled base model). ``labels(env)``
     (N,) picks other controllers than ``env.subgoal()``. ``before_step(env)``, if given, is
     called before every step (with every environment, finished ones included), e.g. to record
-    the states the controlled model visits. ``greedy`` takes the most likely action instead of
-    sampling one."""
+    the states the controlled model visits. ``temperature`` scales the action head before
+    sampling; 0 (or ``greedy``) takes the most likely action."""
     labels = labels or (lambda e: e.subgoal())
     gen = torch.Generator(device=device).manual_seed(seed)
     obs = env.reset()
@@ -94,7 +94,7 @@ def rollout_with_controllers(model: SequenceModel, ctl: SubgoalControllers | Non
         residual = model.lower(torch.as_tensor(obs, device=device)[rows.idx, None], layer, state)
         if ctl is not None:
             residual = ctl(residual, torch.as_tensor(labels(env), device=device)[rows.idx, None])
-        action = model.sample_action(model.upper(residual, layer, state), gen, temperature=0.0 if greedy else 1.0)
+        action = model.sample_action(model.upper(residual, layer, state), gen, 0.0 if greedy else temperature)
         if before_step is not None:
             before_step(env)
         obs, _, _, _, info = env.step(rows.actions(action))

@@ -312,7 +312,7 @@ class SequenceModel(nn.Module):
     def sample_action(self, out: HeadOutput, generator: torch.Generator | None = None,
                       temperature: float = 1.0) -> torch.Tensor:
         """Sample from the action head, for the last time step of ``out`` -> (B,) or (B, A).
-        ``temperature=0`` acts greedily: the most likely action, or the Gaussian's mean."""
+        ``temperature=0`` is greedy: the most likely action (the Gaussian's mean), no randomness drawn."""
         head = out.action[:, -1]
         if temperature <= 0:
             return head.argmax(-1) if self.cfg.action_type == "categorical" else head
