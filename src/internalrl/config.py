@@ -272,27 +272,31 @@ def load_config(preset: str = "quick", overrides: list[str] = ()) -> Config:
     return cfg.validate()
 
 
-def config_from_dict(d: dict) -> Config:
-    """The :class:`Config` a run directory's ``run.json`` (or a shipped model's ``config.json``)
-    records; fields it lacks keep their defaults, fields this version does not know are refused."""
-    if not isinstance(d, dict):
-        raise ConfigError(f"a config must be a JSON object, got {type(d).__name__}")
-    cfg = Config()
-    for key, value in d.items():
-        if not hasattr(cfg, key):
-            raise ConfigError(f"unknown config section {key!r}")
-        current = getattr(cfg, key)
-        if dataclasses.is_dataclass(current):
-            if not isinstance(value, dict):
-                raise ConfigError(f"config section {key!r} must be an object")
-            names = {f.name for f in fields(current)}
-            for k, v in value.items():
-                if k not in names:
-                    raise ConfigError(f"unknown config field {key}.{k}")
-                setattr(current, k, v)
-        else:
-            setattr(cfg, key, value)
-    return cfg.validate()
+def _from_dict(cls, values, where: str):
+    """A dataclass ``cls`` from a dict as ``asdict`` wrote it: nested sections recurse, absent
+    fields keep their defaults, unknown fields are an error (another version wrote it)."""
+    if not isinstance(values, dict):
+        raise ConfigError(f"{where} is not a JSON object")
+    default = cls()
+    names = {f.name for f in fields(cls)}
+    unknown = sorted(set(values) - names)
+    if unknown:
+        raise ConfigError(f"{where} has fields this version does not know: {', '.join(unknown)}")
+    kwargs = {}
+    for key, value in values.items():
+        current = getattr(default, key)
+        kwargs[key] = _from_dict(type(current), value, f"{where}.{key}") if dataclasses.is_dataclass(current) else value
+    return cls(**kwargs)
+
+
+def config_from_dict(values: dict, where: str = "config") -> Config:
+    """The validated :class:`Config` that :func:`dumps` / ``Config.to_dict`` wrote (a run's
+    ``run.json``, a shipped model's ``config.json``); absent fields keep their defaults."""
+    cfg = _from_dict(Config, values, where)
+    try:
+        return cfg.validate()
+    except ConfigError as e:
+        raise ConfigError(f"{where} is not a valid config: {e}") from None
 
 
 def _spec_ok(cfg: Config) -> bool:

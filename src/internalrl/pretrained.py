@@ -18,7 +18,6 @@ The root can be moved with the environment variable ``INTERNALRL_PRETRAINED_ROOT
 """
 from __future__ import annotations
 
-import dataclasses
 import hashlib
 import json
 import os
@@ -32,6 +31,8 @@ import numpy as np
 import torch
 
 from .config import Config, ConfigError, dumps
+from .config import _from_dict
+from .config import config_from_dict as _config_from_dict
 from .controller import SubgoalControllers
 from .models.sequence_model import ModelConfig, SequenceModel
 
@@ -114,30 +115,12 @@ def verify(folder: Path) -> dict:
     return manifest
 
 
-def _from_dict(cls, values: dict, where: str):
-    """A dataclass ``cls`` from a dict as ``asdict`` wrote it: nested sections recurse, absent
-    fields keep their defaults, unknown fields are an error (another version wrote it)."""
-    if not isinstance(values, dict):
-        raise PretrainedError(f"{where} is not a JSON object")
-    default = cls()
-    names = {f.name: f for f in dataclasses.fields(cls)}
-    unknown = sorted(set(values) - set(names))
-    if unknown:
-        raise PretrainedError(f"{where} has fields this version does not know: {', '.join(unknown)}")
-    kwargs = {}
-    for key, value in values.items():
-        current = getattr(default, key)
-        kwargs[key] = _from_dict(type(current), value, f"{where}.{key}") if dataclasses.is_dataclass(current) else value
-    return cls(**kwargs)
-
-
 def config_from_dict(values: dict, where: str = "config") -> Config:
     """The :class:`Config` that ``config.dumps`` / ``Config.to_dict`` wrote, validated."""
-    cfg = _from_dict(Config, values, where)
     try:
-        return cfg.validate()
+        return _config_from_dict(values, where)
     except ConfigError as e:
-        raise PretrainedError(f"{where} is not a valid config: {e}") from None
+        raise PretrainedError(str(e)) from None
 
 
 @dataclass
