@@ -188,7 +188,8 @@ def measure_steerability(model: SequenceModel, data: Trajectories, spec: GridSpe
 
     # 4. supervised controllers at the control layer
     t0 = time.perf_counter()
-    ctl, curve = train_controllers(model, data, train_idx, layer, spec.num_subgoals, sc, sc.seed + 2000, device, progress)
+    ctl, curve = train_controllers(model, data, train_idx, layer, spec.num_subgoals, sc, sc.seed + 2000, device,
+                                   progress, cache=True)
     train_seconds = time.perf_counter() - t0
     out["controllers"] = {
         "train_seconds": train_seconds, "final_train_nll": curve[-1][1], "curve": curve,
