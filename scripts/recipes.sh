@@ -27,6 +27,7 @@ recipe() {
     wd01) echo "--set train.weight_decay=0.1" ;;
     wd0) echo "--set train.weight_decay=0" ;;
     obs0) echo "--set train.obs_loss_weight=0" ;;
+    ls01) echo "--set train.label_smoothing=0.1" ;;
     soft_wd01) echo "--set train.soft_targets=true --set train.weight_decay=0.1" ;;
     *) echo "unknown recipe $1" >&2; return 1 ;;
   esac

@@ -95,3 +95,31 @@ def test_training_accumulates_through_one_checkpoint_file(tmp_path):
     assert ckpt.read_bytes() == before
     ckpt.write_bytes(before[:100])
     assert main(["train", "--out", str(tmp_path / "first"), *TINY, *steps, "--checkpoint-file", str(ckpt)]) == 2
+
+
+def test_label_smoothing_mixes_the_target_with_uniform(small):
+    from types import SimpleNamespace
+
+    from internalrl.train import train_step
+
+    torch.manual_seed(0)
+    model = SequenceModel(ModelConfig(width=16, depth=1, heads=2, head_dim=8, mlp=16))
+    batch = make_batch(small, np.arange(8))
+    losses = sequence_losses(model, batch, with_obs=False)
+    logp = torch.log_softmax(model(batch.obs[:, :-1]).action, -1)
+    m = batch.mask
+    assert losses["uniform_action_ce"].item() == pytest.approx(-logp[m].mean().item(), rel=1e-5)
+    # the smoothed loss is minimised by (1 - s) * one-hot + s / 4, not by the one-hot
+    logits = torch.zeros(1, 4, requires_grad=True)
+    opt = torch.optim.SGD([logits], lr=1.0)
+    for _ in range(500):
+        lp = torch.log_softmax(logits, -1)
+        loss = -(0.9 * lp[0, 2] + 0.1 * lp.mean())
+        opt.zero_grad(), loss.backward(), opt.step()
+    assert torch.softmax(logits, -1)[0, 2].item() == pytest.approx(0.9 + 0.1 / 4, abs=1e-3)
+    tc = SimpleNamespace(obs_loss_weight=0.0, grad_clip=1.0, label_smoothing=0.5)
+    opt = torch.optim.SGD(model.parameters(), lr=0.0)
+    out = train_step(model, opt, batch, tc)
+    assert "uniform_action_ce" in out
+    with pytest.raises(ConfigError, match="label_smoothing"):
+        load_config("quick", ["train.label_smoothing=1"])

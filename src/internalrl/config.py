@@ -60,6 +60,9 @@ class TrainConfig:
     # o_1:t (computed from the task table) instead of the expert's sampled action: the same optimum,
     # less gradient noise. Grid, epsilon = 0 only.
     soft_targets: bool = False
+    # [departure from the paper] mix the next-action target with the uniform distribution: caps how
+    # sure the model becomes that an action (hence a never-seen subgoal transition) is impossible
+    label_smoothing: float = 0.0
 
 
 @dataclass
@@ -143,6 +146,7 @@ class Config:
             ("train.warmup_steps", self.train.warmup_steps >= 0, "non-negative"),
             ("train.final_lr_fraction", 0.0 <= self.train.final_lr_fraction <= 1.0, "in [0, 1]"),
             ("train.grad_clip", self.train.grad_clip > 0, "positive"),
+            ("train.label_smoothing", 0.0 <= self.train.label_smoothing < 1.0, "in [0, 1)"),
             ("train.eval_every", self.train.eval_every >= 1, "at least 1"),
             ("train.checkpoint_every", self.train.checkpoint_every >= 1, "at least 1"),
             ("train.snapshots", self.train.snapshots >= 1, "at least 1"),

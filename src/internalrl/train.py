@@ -44,9 +44,11 @@ def sequence_losses(model: SequenceModel, batch: Batch, with_obs: bool = True) -
     result = {"action_nll": -(model.action_log_prob(out, batch.actions) * mask).sum() / n}
     if with_obs:
         result["obs_nll"] = -(model.obs_log_prob(out, batch.obs[:, 1:]) * mask).sum() / n
-    if batch.soft is not None:  # cross-entropy against the Bayes-optimal distribution (soft targets)
+    if model.cfg.action_type == "categorical":
         log_p = torch.log_softmax(out.action.float(), -1)
-        result["soft_action_ce"] = -((batch.soft * log_p).sum(-1) * mask).sum() / n
+        result["uniform_action_ce"] = -(log_p.mean(-1) * mask).sum() / n  # against the uniform distribution
+        if batch.soft is not None:  # cross-entropy against the Bayes-optimal distribution (soft targets)
+            result["soft_action_ce"] = -((batch.soft * log_p).sum(-1) * mask).sum() / n
     if model.cfg.action_type == "categorical":
         result["action_accuracy"] = ((out.action.argmax(-1) == batch.actions).float() * mask).sum() / n
     return result
@@ -109,6 +111,9 @@ def train_step(model: SequenceModel, opt: torch.optim.Optimizer, batch: Batch, t
     with torch.autocast(batch.obs.device.type, dtype=autocast_dtype, enabled=autocast_dtype is not None):
         losses = sequence_losses(model, batch, with_obs=tc.obs_loss_weight > 0)
         action_loss = losses["soft_action_ce"] if getattr(tc, "soft_targets", False) else losses["action_nll"]
+        smooth = getattr(tc, "label_smoothing", 0.0)
+        if smooth > 0:  # (1 - s) * target + s * uniform: the uniform part is the mean NLL over actions
+            action_loss = (1 - smooth) * action_loss + smooth * losses["uniform_action_ce"]
         loss = action_loss + tc.obs_loss_weight * losses.get("obs_nll", 0.0)
     opt.zero_grad(set_to_none=True)
     loss.backward()
