@@ -167,3 +167,21 @@ def test_base_model_shipped_fills_the_stage_and_the_run_remembers(shipped, tmp_p
 
 def test_the_default_is_to_train_until_a_model_is_shipped():
     assert pretrained.DEFAULT_BASE_MODEL == "train" or pretrained.available(pretrained.default_root())
+
+
+def test_export_can_ship_the_steerability_protocols_controllers(shipped, tmp_path):
+    run, _ = shipped
+    work = tmp_path / "run"
+    shutil.copytree(run, work)
+    root = tmp_path / "assets"
+    with pytest.raises(PretrainedError, match="no finished steerability"):
+        pretrained.export(work, "grid", root, controllers_from="steerability")
+    assert main(["steerability", str(work), "--steps", "2", "--batch-size", "4", "--episodes", "8", "--rank", "4",
+                 "--layer", "2", "--no-progress"]) == 0
+    assert main(["pretrained", "export", str(work), "grid", "--root", str(root),
+                 "--controllers-from", "steerability"]) == 0
+    p = pretrained.load("grid", root)
+    assert p.layer == 2 and p.controllers.rank == 4 and p.config.controllers.steps == 2
+    for k, v in load_file(str(work / "steerability" / "controllers_layer2.safetensors")).items():
+        assert torch.equal(p.controllers.state_dict()[k], v), k
+    assert "steerability" in p.card["measured"]

@@ -55,6 +55,9 @@ def add_arguments(sub: argparse._SubParsersAction) -> None:
     q.add_argument("--overwrite", action="store_true", help="replace an existing model of that name")
     q.add_argument("--summary", default=None, help="one-line summary for the card (default: made from the config)")
     q.add_argument("--hardware", default=None, help="what trained it, for the card (default: this machine)")
+    q.add_argument("--controllers-from", default="controllers", metavar="FOLDER",
+                   help="the run's folder whose controllers ship: the controllers stage (default) or a "
+                        "steerability folder (its layer, rank and budget go into the shipped config)")
 
 
 def run_dir_setup(args, cfg):
@@ -97,7 +100,8 @@ def dispatch(args) -> int:
         return 0
     if cmd == "export":
         card = {k: v for k, v in (("summary", args.summary), ("hardware", args.hardware)) if v}
-        folder = pretrained.export(args.run_dir, args.name, args.root, card, overwrite=args.overwrite)
+        folder = pretrained.export(args.run_dir, args.name, args.root, card, overwrite=args.overwrite,
+                                   controllers_from=args.controllers_from)
         print(folder)
         return 0
     if args.episodes < 1:

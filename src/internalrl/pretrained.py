@@ -225,9 +225,12 @@ def render_card(card: dict) -> str:
     return "\n".join(lines).rstrip() + "\n"
 
 
-def export(run_dir, name: str, root=None, card: dict | None = None, overwrite: bool = False) -> Path:
+def export(run_dir, name: str, root=None, card: dict | None = None, overwrite: bool = False,
+           controllers_from: str = "controllers") -> Path:
     """Write the shipped-model folder ``root/name`` from the finished run directory ``run_dir``
-    (its ``base_model`` and ``controllers`` stages). ``card`` adds to (or overrides) what the
+    (its ``base_model`` stage, and the controllers at the control layer of its
+    ``controllers_from`` folder: the ``controllers`` stage, or a ``steerability`` protocol's
+    folder with its own layer and rank). ``card`` adds to (or overrides) what the
     card says by itself (recipe, seed, steps, training time, hardware, measured numbers). The
     folder is written under a temporary name and renamed when whole; an existing folder is
     replaced only with ``overwrite=True``."""
@@ -242,9 +245,20 @@ def export(run_dir, name: str, root=None, card: dict | None = None, overwrite: b
     except (OSError, json.JSONDecodeError):
         raise PretrainedError(f"{run_dir} is not a finished internalrl run (no readable run.json)") from None
     cfg = config_from_dict(run_meta.get("config"), str(run_dir / "run.json"))
+    if controllers_from != "controllers":  # a steerability folder: its protocol says where and how
+        try:
+            protocol = json.loads((run_dir / controllers_from / "metrics.json").read_text())
+        except (OSError, json.JSONDecodeError):
+            raise PretrainedError(f"{run_dir / controllers_from} holds no finished steerability measurement; run "
+                                  f"`internalrl steerability {run_dir} --name {controllers_from}` first") from None
+        pc = protocol["protocol"]
+        cfg.controllers.layer, cfg.controllers.rank = protocol["layer"], pc["rank"]
+        cfg.controllers.steps, cfg.controllers.batch_size, cfg.controllers.lr = pc["steps"], pc["batch_size"], pc["lr"]
+        cfg.controllers.sweep = False
     layer = cfg.control_layer()
-    weights, ctl = run_dir / "base_model" / "model.safetensors", run_dir / "controllers" / f"controllers_layer{layer}.safetensors"
-    for stage, path, command in (("base_model", weights, "train"), ("controllers", ctl, "controllers")):
+    weights = run_dir / "base_model" / "model.safetensors"
+    ctl = run_dir / controllers_from / f"controllers_layer{layer}.safetensors"
+    for stage, path, command in (("base_model", weights, "train"), (controllers_from, ctl, "controllers")):
         if not (run_dir / stage / "DONE").exists() or not path.exists():
             raise PretrainedError(f"{run_dir} has no finished {stage} stage with {path.name}; run "
                                   f"`internalrl {command} --out {run_dir}` first")
@@ -258,7 +272,7 @@ def export(run_dir, name: str, root=None, card: dict | None = None, overwrite: b
     results = json.loads((run_dir / "results.json").read_text()) if (run_dir / "results.json").exists() else {}
     base_cfg = json.loads((run_dir / "base_model" / "config.json").read_text())
     base = results.get("base_model", {})
-    measured = {k: results[k] for k in ("base_model", "eval_base", "controllers") if k in results}
+    measured = {k: results[k] for k in ("base_model", "eval_base", "controllers", controllers_from) if k in results}
     made = {
         "name": name,
         "summary": f"{cfg.env.size}x{cfg.env.size} gridworld base model, width {cfg.model.width}, depth "
