@@ -6,13 +6,16 @@
     internalrl rl --out DIR --method internal|raw|no-switch|cotrained|compile [--task 0-1-2-3] [--episodes N]
     internalrl experiment --out DIR --base-seeds 3 --meta-seeds 2 [--methods internal,raw,...]
     internalrl sweep-alpha --out DIR [--alphas 0,0.1,...]     # after `run`: the rate-distortion figure
+    internalrl steerability RUN_DIR [--steps 3200] [--batch-size 512]   # the steerability protocol
     internalrl report --out DIR
     internalrl bench [--preset P] [--envs 1024]
     internalrl config [--preset P] [--set ...]               # print the resolved config
+    internalrl pretrained list|eval NAME|export RUN NAME       # shipped models; `run --base-model shipped` uses one
 """
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import sys
 import time
@@ -22,10 +25,12 @@ from .atomic import StorageError, describe_os_error
 from .config import ConfigError, PRESETS, dumps, load_config
 from .data import DataError
 from .envs.tasks import TaskError
+from .pretrained import PretrainedError
 from .rundir import RunDir, RunDirError, read_run_json, set_command, stored_config
 from .train import CheckpointError
+from . import cli_pretrained
 
-USER_ERRORS = (ConfigError, RunDirError, DataError, CheckpointError, TaskError, StorageError)
+USER_ERRORS = (ConfigError, RunDirError, DataError, CheckpointError, TaskError, StorageError, PretrainedError)
 
 
 def _common(p: argparse.ArgumentParser, out: bool = True) -> None:
@@ -92,7 +97,14 @@ def _main(argv: list[str]) -> int:
                         ("probe", "layer-wise linear probes of the subgoal"),
                         ("controllers", "supervised subgoal controllers (and the layer sweep)"),
                         ("metacontroller", "train the metacontroller (frozen base, and co-trained beside it)")]:
-        _common(sub.add_parser(name, help=help_))
+        p = sub.add_parser(name, help=help_)
+        _common(p)
+        if name == "train":
+            p.add_argument("--checkpoint-file", default=None, metavar="FILE",
+                           help="accumulate the training across sessions in this one safetensors file: start from it "
+                                "when it is further along, write the state back when stopping or done")
+            p.add_argument("--minutes", type=float, default=None,
+                           help="stop (with a checkpoint) after this many minutes of training; rerun to continue")
     p = sub.add_parser("rl", help="RL on a task with one method (needs the earlier stages)")
     _common(p)
     p.add_argument("--method", default="internal", help="internal | raw | no-switch | cotrained | compile (default internal)")
@@ -120,6 +132,20 @@ def _main(argv: list[str]) -> int:
     p = sub.add_parser("ant-expert", help="train or evaluate the ant PPO expert (see docs/ant.md)",
                        add_help=False)
     p.add_argument("rest", nargs=argparse.REMAINDER)
+    p = sub.add_parser("steerability", help="how steerable a run's base model is: one fixed protocol (Fig. 4 / A2)")
+    p.add_argument("run_dir", help="a run directory with a finished base model")
+    p.add_argument("--steps", type=int, default=3200, help="controller training steps (default 3200, the paper's)")
+    p.add_argument("--batch-size", type=int, default=512, help="controller batch (default 512, the paper's)")
+    p.add_argument("--rank", type=int, default=16, help="controller rank, 0 for full (default 16)")
+    p.add_argument("--layer", type=int, default=-1, help="controlled layer (default depth // 2)")
+    p.add_argument("--lr", type=float, default=3e-3, help="controller learning rate (default 3e-3, cosine to 0)")
+    p.add_argument("--episodes", type=int, default=1024, help="episodes per rollout evaluation (default 1024)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--name", default=None, help="output folder inside the run (default steerability, or "
+                   "steerability_step<N> with --snapshot)")
+    p.add_argument("--snapshot", type=int, default=None, metavar="STEP",
+                   help="measure the base model's training snapshot at this step instead of the final model")
+    p.add_argument("--no-progress", action="store_true")
     p = sub.add_parser("report", help="(re)write report.html of a run directory")
     p.add_argument("--out", required=True)
     p = sub.add_parser("bench", help="throughput benchmarks (env, pretraining, acting)")
@@ -128,6 +154,7 @@ def _main(argv: list[str]) -> int:
     p.add_argument("--json", default=None, help="also write the numbers to this file")
     p = sub.add_parser("config", help="print the resolved config")
     _common(p, out=False)
+    cli_pretrained.add_arguments(sub)  # pretrained list|eval|export, --base-model, --init-from
     args = parser.parse_args(argv)
     return _dispatch(args)
 
@@ -138,6 +165,18 @@ def _dispatch(args) -> int:
 
     if args.command == "ant-data":
         return _ant_data(args)
+    if args.command == "steerability":
+        from .analysis.steerability import SteerabilityConfig, run_steerability
+
+        sc = SteerabilityConfig(layer=args.layer, rank=args.rank, steps=args.steps, batch_size=args.batch_size,
+                                lr=args.lr, episodes=args.episodes, seed=args.seed)
+        name = args.name or ("steerability" if args.snapshot is None else f"steerability_step{args.snapshot}")
+        m = run_steerability(args.run_dir, sc, name, progress=not args.no_progress,
+                             log=lambda msg: print(f"[internalrl] {msg}", flush=True), snapshot=args.snapshot)
+        print(json.dumps(m["headline"], indent=2))
+        return 0
+    if args.command == "pretrained":
+        return cli_pretrained.dispatch(args)
     if args.command == "report":
         root = Path(args.out)
         if read_run_json(root) is None:
@@ -165,7 +204,9 @@ def _dispatch(args) -> int:
                           progress=not args.no_progress)
         print(Path(args.out) / "fig8.png")
         return 0
+    cfg, source = cli_pretrained.run_dir_setup(args, cfg)  # --base-model shipped|train
     run = _run_dir(args, cfg)
+    cli_pretrained.record(run, source)
     progress = not args.no_progress
     if args.command == "rl":
         if args.episodes is not None:
@@ -196,6 +237,16 @@ def _dispatch(args) -> int:
         "run": [stages.stage_data, stages.stage_base_model, stages.stage_eval_base, stages.stage_probes,
                 stages.stage_controllers, stages.stage_metacontroller, stages.stage_rl_quick],
     }[args.command]
+    make_base = cli_pretrained.base_model_stage(args, source)
+    if args.command == "train" and (args.checkpoint_file or args.minutes is not None):
+        if args.minutes is not None and not args.minutes > 0:
+            raise ConfigError(f"--minutes must be positive, got {args.minutes}")
+        if make_base is not stages.stage_base_model:
+            raise ConfigError("--checkpoint-file and --minutes train the base model here; they do not combine with "
+                              "--base-model shipped or --init-from")
+        make_base = functools.partial(stages.stage_base_model, checkpoint_file=args.checkpoint_file,
+                                      minutes=args.minutes)
+    plan = [make_base if stage is stages.stage_base_model else stage for stage in plan]
     for stage in plan:
         stage(cfg, run, progress=progress)
     if args.command == "run":

@@ -207,10 +207,11 @@ class Batch:
     mask: torch.Tensor  # (B, T) bool: step t is inside the episode
     subgoals: torch.Tensor  # (B, T) long, -1 outside: analysis only
     optimal: torch.Tensor | None = None  # (B, T, 4) bool expert's optimal actions (grid)
+    soft: torch.Tensor | None = None  # (B, T, 4) Bayes-optimal next-action distribution (soft targets)
 
     def to(self, device) -> "Batch":
         return Batch(*(x.to(device) if x is not None else None for x in
-                       (self.obs, self.actions, self.mask, self.subgoals, self.optimal)))
+                       (self.obs, self.actions, self.mask, self.subgoals, self.optimal, self.soft)))
 
 
 def grid_observations(layout: torch.Tensor, agent: torch.Tensor, spec: GridSpec) -> torch.Tensor:
@@ -223,16 +224,17 @@ def grid_observations(layout: torch.Tensor, agent: torch.Tensor, spec: GridSpec)
     return obs.reshape(b, t, spec.obs_dim)
 
 
-def make_batch(data: Trajectories, idx: np.ndarray) -> Batch:
-    """Batch episodes ``idx``, cut to the longest of them, with a validity mask."""
+def make_batch(data: Trajectories, idx: np.ndarray, device=None) -> Batch:
+    """Batch episodes ``idx``, cut to the longest of them, with a validity mask. With ``device``,
+    grid observations are rebuilt there from the compact layout (much less to copy to a GPU)."""
     a = data.arrays
     lengths = torch.as_tensor(a["lengths"][idx].astype(np.int64))
     tb = int(lengths.max())
     mask = torch.arange(tb)[None, :] < lengths[:, None]
     if data.card["obs_format"] == "grid":
         spec = GridSpec(**data.card["env"])
-        obs = grid_observations(torch.as_tensor(a["layout"][idx].astype(np.int64)),
-                                torch.as_tensor(a["agent"][idx, : tb + 1].astype(np.int64)), spec)
+        obs = grid_observations(torch.as_tensor(a["layout"][idx].astype(np.int64), device=device),
+                                torch.as_tensor(a["agent"][idx, : tb + 1].astype(np.int64), device=device), spec)
         actions = torch.as_tensor(a["actions"][idx, :tb].astype(np.int64))
     else:
         obs = torch.as_tensor(a["observations"][idx, : tb + 1].astype(np.float32))
@@ -242,7 +244,8 @@ def make_batch(data: Trajectories, idx: np.ndarray) -> Batch:
         bits = torch.as_tensor(a["optimal"][idx, :tb].astype(np.int64))
         optimal = (bits[..., None] >> torch.arange(4)) & 1 == 1
     subgoals = torch.as_tensor(a["subgoals"][idx, :tb].astype(np.int64))
-    return Batch(obs, actions, mask, torch.where(mask, subgoals, -1), optimal)
+    soft = torch.as_tensor(a["soft_targets"][idx, :tb].astype(np.float32)) if "soft_targets" in a else None
+    return Batch(obs, actions, mask, torch.where(mask, subgoals, -1), optimal, soft)
 
 
 def batch_indices(idx: np.ndarray, batch_size: int, seed: int, step: int, lengths: np.ndarray | None = None,

@@ -63,14 +63,49 @@ def clean_data(cfg: Config, run: RunDir):
     return load_trajectories(run.require("data_clean" if cfg.data.epsilon > 0 else "data", "data"))
 
 
-def stage_base_model(cfg: Config, run: RunDir, progress: bool = True):
-    """Pretrain the base model (SPEC §3); resumes from its checkpoint if killed."""
+def stage_base_model(cfg: Config, run: RunDir, progress: bool = True, init_from: Path | None = None,
+                     checkpoint_file: str | None = None, minutes: float | None = None):
+    """Pretrain the base model (SPEC §3); resumes from its checkpoint if killed. ``init_from``:
+    start from the weights of a compact checkpoint (``scripts/train_gpu.py``) instead of a fresh
+    init. With ``checkpoint_file`` the training accumulates across sessions: it starts from that
+    file (:mod:`internalrl.portable`) when it is further along than the run's own checkpoint, and
+    writes its state back there at every checkpoint, when it stops (after ``minutes`` of
+    training, if given) and when it ends."""
+    from .portable import load_portable, own_step, read_header, save_portable
+
     if run.done("base_model"):
         _log("base_model: finished earlier, skipped")
+        if checkpoint_file and not (Path(checkpoint_file).exists() and read_header(checkpoint_file)["finished"] == "True"):
+            save_portable(run.path("base_model"), Path(checkpoint_file), cfg, finished=True)
         return run.path("base_model")
     data = load_trajectories(run.require("data", "data"))
     work = run.partial("base_model")
-    model, info = train_base_model(cfg, data, work, progress=progress)
+    if checkpoint_file and Path(checkpoint_file).exists():
+        if int(read_header(checkpoint_file)["step"]) > own_step(work):
+            step = load_portable(Path(checkpoint_file), work, cfg)
+            _log(f"base_model: continuing from {checkpoint_file} at step {step} of {cfg.train.steps}")
+    export = (lambda: save_portable(work, Path(checkpoint_file), cfg)) if checkpoint_file else None
+    model, info = train_base_model(cfg, data, work, progress=progress, init_from=init_from, on_checkpoint=export,
+                                   stop_after_seconds=None if minutes is None else 60 * minutes)
+    if model is None:
+        _log(f"base_model: stopped at step {info['stopped_at']} of {cfg.train.steps} after {minutes} min "
+             f"({info['train_seconds'] / 3600:.2f} h of training so far); "
+             f"{'state saved to ' + checkpoint_file + '; ' if checkpoint_file else ''}run the same command to continue")
+        return None
+    stage_config = {"model": asdict(cfg.model), "train": asdict(cfg.train), "seed": cfg.seed}
+    if info.get("init_from"):
+        stage_config["init_from"] = info["init_from"]
+    final = finish_base_model(cfg, run, model, info["train_seconds"], stage_config)
+    if checkpoint_file:
+        save_portable(final, Path(checkpoint_file), cfg, finished=True)
+    return final
+
+
+def finish_base_model(cfg: Config, run: RunDir, model, train_seconds: float, stage_config: dict,
+                      source: dict | None = None):
+    """Measure the base model in ``run``'s ``.base_model.partial`` folder on held-out D* and
+    finish the stage (what every later stage reads from ``base_model/metrics.json``). ``source``
+    (where a model not trained here came from) goes into the stage's config and metrics."""
     device = next(model.parameters()).device
     clean = clean_data(cfg, run)  # score against the noiseless expert
     _, val_idx = clean.split(cfg.data.val_fraction)
@@ -85,15 +120,17 @@ def stage_base_model(cfg: Config, run: RunDir, progress: bool = True):
         "expert_action_nll": ref["nll"], "task_marginal_expert_accuracy": marginal["accuracy"],
         "task_marginal_expert_nll": marginal["nll"],
         "bayes_optimal_accuracy": marginal["posterior_accuracy"], "bayes_optimal_nll": marginal["posterior_nll"],
-        "train_seconds": info["train_seconds"],
+        "train_seconds": train_seconds,
         "parameters": sum(p.numel() for p in model.parameters()),
     }
     _log(f"base_model: held-out next-action accuracy {heldout['action_accuracy']:.3f} (expert knowing the task "
          f"{ref['accuracy']:.3f}, knowing only the colours visited {marginal['accuracy']:.3f}, Bayes-optimal "
          f"{marginal['posterior_accuracy']:.3f}), NLL {heldout['action_nll']:.3f} (expert {ref['nll']:.3f}, "
          f"{marginal['nll']:.3f}, Bayes-optimal {marginal['posterior_nll']:.3f})")
-    return run.finish("base_model", {"model": asdict(cfg.model), "train": asdict(cfg.train), "seed": cfg.seed},
-                      {"headline": headline})
+    if source is not None:
+        headline["source"] = source["summary"]
+        stage_config = {**stage_config, "source": source}
+    return run.finish("base_model", stage_config, {"headline": headline, **({"source": source} if source else {})})
 
 
 def stage_eval_base(cfg: Config, run: RunDir, progress: bool = True):

@@ -19,6 +19,7 @@ from tqdm.auto import tqdm
 
 from .atomic import StorageError, replacing, verify, write_json
 from .checkpoint import Checkpoint, CheckpointError
+from .compact import init_from_compact
 from .config import Config, ConfigError
 from .data import Batch, Trajectories, batch_indices, make_batch
 from .models.sequence_model import ModelConfig, SequenceModel
@@ -41,6 +42,11 @@ def sequence_losses(model: SequenceModel, batch: Batch, with_obs: bool = True) -
     result = {"action_nll": -(model.action_log_prob(out, batch.actions) * mask).sum() / n}
     if with_obs:
         result["obs_nll"] = -(model.obs_log_prob(out, batch.obs[:, 1:]) * mask).sum() / n
+    if model.cfg.action_type == "categorical":
+        log_p = torch.log_softmax(out.action.float(), -1)
+        result["uniform_action_ce"] = -(log_p.mean(-1) * mask).sum() / n  # against the uniform distribution
+        if batch.soft is not None:  # cross-entropy against the Bayes-optimal distribution (soft targets)
+            result["soft_action_ce"] = -((batch.soft * log_p).sum(-1) * mask).sum() / n
     if model.cfg.action_type == "categorical":
         result["action_accuracy"] = ((out.action.argmax(-1) == batch.actions).float() * mask).sum() / n
     return result
@@ -108,11 +114,20 @@ def load_model(folder: str | Path, name: str = "model", device="cpu") -> Sequenc
     return model.to(device).eval()
 
 
-def train_step(model: SequenceModel, opt: torch.optim.Optimizer, batch: Batch, tc) -> dict[str, torch.Tensor]:
+def train_step(model: SequenceModel, opt: torch.optim.Optimizer, batch: Batch, tc,
+               autocast_dtype: torch.dtype | None = None) -> dict[str, torch.Tensor]:
     """One AdamW step on −ln p(a|o) − λ ln p(o'|o), gradients clipped; returns the losses.
-    With λ = 0 the next-observation head is skipped (it is a large share of a step's work)."""
-    losses = sequence_losses(model, batch, with_obs=tc.obs_loss_weight > 0)
-    loss = losses["action_nll"] + tc.obs_loss_weight * losses.get("obs_nll", 0.0)
+    With λ = 0 the next-observation head is skipped (it is a large share of a step's work).
+    With ``tc.soft_targets`` the action loss is the cross-entropy against the batch's soft targets.
+    ``autocast_dtype`` (e.g. torch.bfloat16) runs the forward pass under autocast; weights,
+    gradients and the optimiser stay in their own dtype."""
+    with torch.autocast(batch.obs.device.type, dtype=autocast_dtype, enabled=autocast_dtype is not None):
+        losses = sequence_losses(model, batch, with_obs=tc.obs_loss_weight > 0)
+        action_loss = losses["soft_action_ce"] if getattr(tc, "soft_targets", False) else losses["action_nll"]
+        smooth = getattr(tc, "label_smoothing", 0.0)
+        if smooth > 0:  # (1 - s) * target + s * uniform: the uniform part is the mean NLL over actions
+            action_loss = (1 - smooth) * action_loss + smooth * losses["uniform_action_ce"]
+        loss = action_loss + tc.obs_loss_weight * losses.get("obs_nll", 0.0)
     opt.zero_grad(set_to_none=True)
     loss.backward()
     torch.nn.utils.clip_grad_norm_(model.parameters(), tc.grad_clip)
@@ -165,10 +180,29 @@ def _truncate_log(path: Path, step: int) -> None:
             tmp.write_text("".join(r + "\n" for r in keep))
 
 
+def with_soft_targets(cfg: Config, data: Trajectories, progress: bool = False) -> Trajectories:
+    """``data`` with the Bayes-optimal next-action distribution of every step added as
+    ``soft_targets`` (computed from the layouts and the pretraining task table; not saved)."""
+    from .envs.tasks import parse_task_set
+    from .experts.grid import posterior_action_targets
+
+    if data.card.get("obs_format") != "grid":
+        raise ConfigError("train.soft_targets needs gridworld data")
+    spec = cfg.env.spec()
+    tasks = parse_task_set(cfg.env.pretrain_tasks, spec.num_objects)
+    soft = posterior_action_targets(data.arrays, tasks, spec, progress=progress)
+    return Trajectories({**data.arrays, "soft_targets": soft}, data.card)
+
+
 def train_base_model(cfg: Config, data: Trajectories, work: Path, progress: bool = True,
-                     stop_after: int | None = None) -> tuple[SequenceModel | None, dict]:
+                     stop_after: int | None = None, init_from: Path | None = None,
+                     stop_after_seconds: float | None = None, on_checkpoint=None) -> tuple[SequenceModel | None, dict]:
     """Train (or resume) in ``work``. ``stop_after`` ends this session after that many steps
-    with a checkpoint written (returns ``(None, info)``), as if the run had been killed."""
+    (``stop_after_seconds``: once that much wall time has passed) with a checkpoint written
+    (returns ``(None, info)``), as if the run had been killed. ``on_checkpoint()`` is called
+    after every checkpoint is written. ``init_from``: start from a compact checkpoint's weights
+    and AdamW second moments (:mod:`internalrl.compact`, e.g. from ``scripts/train_gpu.py``)
+    with this run's own schedule."""
     tc = cfg.train
     device = resolve_device(tc.device)
     torch.manual_seed(cfg.seed)
@@ -176,11 +210,14 @@ def train_base_model(cfg: Config, data: Trajectories, work: Path, progress: bool
     opt = torch.optim.AdamW(model.parameters(), lr=tc.lr, weight_decay=tc.weight_decay)
     train_idx, val_idx = data.split(cfg.data.val_fraction)
     lengths = data.arrays["lengths"]
+    if tc.soft_targets and "soft_targets" not in data.arrays:
+        data = with_soft_targets(cfg, data, progress)
     work.mkdir(parents=True, exist_ok=True)
     ckpt = Checkpoint(work / "checkpoint.pt", every_steps=tc.checkpoint_every, hint="train.lr")
     start, extra = ckpt.restore({"model": model}, {"opt": opt})
     if start == 0:
         start = _restore_legacy(work, model, opt, device)
+    init = init_from_compact(model, opt, init_from, cfg.model, work, resuming=start > 0)
     _truncate_log(work / "train_log.jsonl", start)
     train_time = float(extra.get("train_seconds", 0.0))
     snapshot_steps = sorted({int(round(tc.steps * (i + 1) / tc.snapshots)) for i in range(tc.snapshots)})
@@ -210,18 +247,23 @@ def train_base_model(cfg: Config, data: Trajectories, work: Path, progress: bool
         if done in snapshot_steps:
             ckpt.check_finite(done)
             save_model(model, work / "snapshots", f"step_{done:07d}")
-        interrupt = stop_after is not None and done - start >= stop_after and done < tc.steps
+        interrupt = done < tc.steps and ((stop_after is not None and done - start >= stop_after) or
+                                         (stop_after_seconds is not None and time.perf_counter() - t0 >= stop_after_seconds))
         seconds = lambda: {"train_seconds": train_time + time.perf_counter() - t0}  # noqa: E731
         if interrupt:
             ckpt.save(done, seconds())
             bar.close()
             log.close()
-            return None, {"stopped_at": done}
-        ckpt.maybe_save(done, tc.steps, seconds)
+            if on_checkpoint is not None:
+                on_checkpoint()
+            return None, {"stopped_at": done, **seconds()}
+        if ckpt.maybe_save(done, tc.steps, seconds) and on_checkpoint is not None:
+            on_checkpoint()
     bar.close()
     log.close()
     if start < tc.steps:
         train_time += time.perf_counter() - t0
         ckpt.save(tc.steps, {"train_seconds": train_time})  # kept until the stage is published
     save_model(model, work)
-    return model.eval(), {"train_seconds": train_time, "tokens_per_s_last_session": tokens / max(time.perf_counter() - t0, 1e-9)}
+    return model.eval(), {"train_seconds": train_time, "init_from": init,
+                          "tokens_per_s_last_session": tokens / max(time.perf_counter() - t0, 1e-9)}

@@ -54,7 +54,7 @@ def test_controlled_rollout_applies_the_current_subgoals_controller():
     # a controller that changes the actions changes the rollout: record the actions taken
     seen = []
     orig = model.sample_action
-    model.sample_action = lambda out, gen: seen.append(out.action[:, -1].clone()) or orig(out, gen)
+    model.sample_action = lambda out, gen, *rest: seen.append(out.action[:, -1].clone()) or orig(out, gen, *rest)
     rollout_with_controllers(model, None, 1, env(), seed=3, device="cpu")
     plain = torch.cat(seen)
     seen.clear()
@@ -140,3 +140,30 @@ def test_rollout_hook_sees_every_state_before_its_step():
     assert (calls[0][0] == 0).all()
     # the recorded agent positions change as the episodes move
     assert any((a != calls[0][1]).any() for _, a, _ in calls[1:])
+
+
+def test_cached_lower_half_gives_the_same_controller_loss_and_training():
+    from internalrl.analysis.controllers import LowerResiduals, cached_controlled_nll, train_controllers
+    from internalrl.config import ControllerConfig
+    from internalrl.data import Trajectories, generate_grid, make_batch
+
+    spec = GridSpec()
+    arrays, _ = generate_grid(40, parse_task_set("grid-pretrain", 8), spec, seed=0, chunk=40, progress=False)
+    data = Trajectories(arrays, {"obs_format": "grid", "env": {"size": 7, "num_objects": 8, "num_walls": 4,
+                                                                 "horizon": 100}})
+    model = freeze(tiny_model())
+    idx = np.arange(5, 37)
+    cache = LowerResiduals(model, data, idx, 1, "cpu", chunk=7)  # chunks must not matter
+    torch.manual_seed(1)
+    ctl = SubgoalControllers(4, 16, 4, init_std=0.3)
+    episodes = np.array([30, 6, 11, 29])
+    direct = controlled_action_nll(model, ctl, 1, make_batch(data, episodes))
+    assert torch.allclose(cached_controlled_nll(model, ctl, cache, episodes), direct, atol=1e-5)
+    cc = ControllerConfig(steps=5, batch_size=6, lr=1e-2)
+    a, _ = train_controllers(model, data, idx, 1, 4, cc, seed=0, device="cpu", progress=False)
+    b, _ = train_controllers(model, data, idx, 1, 4, cc, seed=0, device="cpu", progress=False, cache=True)
+    assert all(torch.allclose(p, q, atol=1e-5) for p, q in zip(a.parameters(), b.parameters()))
+    import pytest
+
+    with pytest.raises(ValueError, match="outside the cached set"):
+        cache.batch(np.array([0]))

@@ -88,3 +88,24 @@ def test_task_marginal_policy_solves_a_single_task_and_only_spells_admissible_ta
     rate = task_marginal_free_play(env, seed=0)
     assert 0.5 < rate < 1.0  # mixing over tasks sometimes walks onto a colour no task wants next
     assert (env.consistent[env.succeeded].sum(1) >= 1).all()
+
+
+def test_soft_targets_are_the_bayes_optimal_predictor_step_by_step():
+    from internalrl.data import generate_grid
+    from internalrl.experts.grid import posterior_action_targets, task_marginal_reference
+
+    spec = GridSpec()
+    arrays, _ = generate_grid(96, TASKS, spec, seed=3, chunk=96, progress=False)
+    soft = posterior_action_targets(arrays, TASKS, spec, chunk=40).astype(np.float64)  # chunks must not matter
+    live = np.arange(soft.shape[1])[None] < arrays["lengths"][:, None]
+    assert np.allclose(soft[live].sum(-1), 1, atol=2e-3) and (soft[~live] == 0).all()
+    picked = np.take_along_axis(soft, arrays["actions"][..., None].astype(np.int64), -1)[..., 0]
+    assert (picked[live] > 0).all()  # the expert's action always has mass
+    ref = task_marginal_reference(arrays, TASKS, spec)
+    assert abs(-np.log(picked[live]).mean() - ref["posterior_nll"]) < 1e-3
+    # on the first step of a one-task dataset the soft target is the expert's uniform optimal set
+    one = parse_task_set("0-1-2-3", 8)
+    arrays, _ = generate_grid(32, one, spec, seed=4, chunk=32, progress=False)
+    soft = posterior_action_targets(arrays, one, spec)
+    optimal = ((arrays["optimal"][:, 0, None].astype(np.int64) >> np.arange(4)) & 1).astype(float)
+    assert np.allclose(soft[:, 0], optimal / optimal.sum(1, keepdims=True), atol=1e-3)

@@ -143,9 +143,10 @@ def test_egocentric_window_puts_neighbours_at_fixed_offsets():
                     assert cell[12] == 1 and cell[:12].sum() == 0  # outside the grid
 
 
-def test_egocentric_model_keeps_step_sequence_parity():
+@pytest.mark.parametrize("encoder", ["egocentric", "conv"])
+def test_grid_encoders_keep_step_sequence_parity(encoder):
     torch.manual_seed(0)
-    cfg = ModelConfig(obs_dim=637, width=32, depth=2, heads=2, head_dim=16, mlp=64, obs_encoder="egocentric")
+    cfg = ModelConfig(obs_dim=637, width=32, depth=2, heads=2, head_dim=16, mlp=64, obs_encoder=encoder)
     m = SequenceModel(cfg).eval()
     from internalrl.envs.gridworld import BatchedGridPinpad, GridSpec
     from internalrl.envs.tasks import parse_task_set
@@ -159,7 +160,30 @@ def test_egocentric_model_keeps_step_sequence_parity():
     steps = torch.cat([m(x[:, t : t + 1], state=state).action for t in range(x.shape[1])], 1)
     assert torch.allclose(steps, m(x).action, atol=1e-5)
     with pytest.raises(ValueError, match="grid_size"):
-        SequenceModel(ModelConfig(obs_dim=100, obs_encoder="egocentric"))
+        SequenceModel(ModelConfig(obs_dim=100, obs_encoder=encoder))
+
+
+def test_conv_encoder_sees_neighbourhoods_and_trains():
+    from internalrl.models.sequence_model import ConvEmbedding
+
+    torch.manual_seed(0)
+    emb = ConvEmbedding(7, 637, 16, channels=4, layers=2)
+    obs = torch.zeros(1, 7, 7, 13)
+    obs[0, 3, 3, 12] = 1  # the agent in the centre, an empty grid
+    base = emb(obs.reshape(1, -1))
+    far, near = obs.clone(), obs.clone()
+    far[0, 0, 0, 4] = 1  # a colour three cells away from anything the stem could relate it to the agent with
+    near[0, 3, 4, 4] = 1
+    # features are local: with two 3x3 layers the cells within 2 of a cell shape its features
+    conv_out = emb.convs(obs.permute(0, 3, 1, 2))
+    conv_far = emb.convs(far.permute(0, 3, 1, 2))
+    assert torch.equal(conv_out[..., 3:, 3:], conv_far[..., 3:, 3:])  # 3+ cells away: untouched
+    assert not torch.equal(emb(near.reshape(1, -1)), base)
+    loss = emb(far.reshape(1, -1)).square().sum()
+    loss.backward()
+    assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in emb.parameters())
+    with pytest.raises(ValueError, match="conv_channels"):
+        ModelConfig(obs_encoder="conv", conv_channels=0).validate()
 
 
 def test_sparse_egocentric_embedding_equals_dense_linear_of_the_window():

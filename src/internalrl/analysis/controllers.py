@@ -48,13 +48,64 @@ def heldout_controlled_nll(model: SequenceModel, ctl: SubgoalControllers | None,
     return total / count
 
 
+class LowerResiduals:
+    """The frozen lower half's residual ``e_{t,layer}`` of every step of the episodes ``idx``,
+    computed once and kept flat in memory (steps x width floats), so that training controllers
+    runs only the upper half: the lower half does not depend on them. ``batch(episodes)`` gives
+    what :func:`controlled_action_nll` would compute from ``make_batch``, with the same numbers."""
+
+    def __init__(self, model: SequenceModel, data: Trajectories, idx: np.ndarray, layer: int, device,
+                 chunk: int = 256, progress: bool = False) -> None:
+        self.data, self.layer = data, layer
+        lengths = data.arrays["lengths"][idx].astype(np.int64)
+        self.offsets = np.concatenate([[0], np.cumsum(lengths)[:-1]])
+        self.row = np.full(data.num_episodes, -1, dtype=np.int64)
+        self.row[idx] = np.arange(len(idx))
+        self.flat = torch.empty(int(lengths.sum()), model.cfg.width, device=device)
+        with torch.no_grad():
+            for start in tqdm(range(0, len(idx), chunk), desc=f"residuals @ layer {layer}", disable=not progress,
+                              leave=False):
+                batch = make_batch(data, idx[start:start + chunk]).to(device)
+                e = model.lower(batch.obs[:, :-1], layer)[batch.mask]  # episode by episode, steps in order
+                at = int(self.offsets[start])
+                self.flat[at:at + len(e)] = e
+
+    def batch(self, episodes: np.ndarray):
+        """-> residual (B, T, W), actions (B, T), mask (B, T), subgoals (B, T; -1 outside)."""
+        a = self.data.arrays
+        rows = self.row[episodes]
+        if (rows < 0).any():
+            raise ValueError("LowerResiduals.batch: episodes outside the cached set")
+        lengths = torch.as_tensor(a["lengths"][episodes].astype(np.int64))
+        tb = int(lengths.max())
+        t = torch.arange(tb)
+        mask = t[None, :] < lengths[:, None]
+        index = torch.as_tensor(self.offsets[rows])[:, None] + torch.minimum(t[None, :], lengths[:, None] - 1)
+        device = self.flat.device
+        residual = self.flat[index.to(device)]
+        actions = torch.as_tensor(a["actions"][episodes, :tb].astype(np.int64))
+        subgoals = torch.as_tensor(a["subgoals"][episodes, :tb].astype(np.int64))
+        return residual, actions.to(device), mask.to(device), torch.where(mask, subgoals, -1).to(device)
+
+
+def cached_controlled_nll(model: SequenceModel, ctl: SubgoalControllers, cache: LowerResiduals,
+                          episodes: np.ndarray) -> torch.Tensor:
+    """:func:`controlled_action_nll` of ``episodes`` from the cached lower half."""
+    residual, actions, mask, subgoals = cache.batch(episodes)
+    out = model.upper(ctl(residual, subgoals), cache.layer)
+    m = mask.float()
+    return -(model.action_log_prob(out, actions) * m).sum() / m.sum()
+
+
 def train_controllers(model: SequenceModel, data: Trajectories, train_idx: np.ndarray, layer: int,
                       num_subgoals: int, cc, seed: int, device, progress: bool = True,
-                      checkpoint: Checkpoint | None = None) -> tuple[SubgoalControllers, list]:
+                      checkpoint: Checkpoint | None = None, cache: bool = False) -> tuple[SubgoalControllers, list]:
     """Train one controller per subgoal at ``layer`` with the settings of ``cc`` (a
     :class:`~internalrl.config.ControllerConfig`: rank, steps, batch size, AdamW lr with
     warm-up and cosine decay, weight decay). Returns the controllers and (step, loss) pairs.
-    ``checkpoint`` makes a killed run resume."""
+    ``checkpoint`` makes a killed run resume. ``cache`` computes the frozen lower half once for
+    every training episode (:class:`LowerResiduals`: steps x width floats of memory) instead of
+    at every step."""
     freeze(model)
     torch.manual_seed(seed)
     ctl = SubgoalControllers(num_subgoals, model.cfg.width, cc.rank or None).to(device)
@@ -64,12 +115,16 @@ def train_controllers(model: SequenceModel, data: Trajectories, train_idx: np.nd
     ckpt.hint = "controllers.lr"
     start, extra = ckpt.restore({"controllers": ctl}, {"opt": opt})
     curve = [tuple(c) for c in extra.get("curve", [])]
+    lower = LowerResiduals(model, data, train_idx, layer, device, progress=progress) if cache else None
     for step in tqdm(range(start, cc.steps), desc=f"controllers @ layer {layer}", disable=not progress, leave=False,
                      initial=start, total=cc.steps):
         for g in opt.param_groups:
             g["lr"] = lr_at(step, cc)
-        batch = make_batch(data, batch_indices(train_idx, cc.batch_size, seed, step, lengths)).to(device)
-        loss = controlled_action_nll(model, ctl, layer, batch)
+        episodes = batch_indices(train_idx, cc.batch_size, seed, step, lengths)
+        if lower is not None:
+            loss = cached_controlled_nll(model, ctl, lower, episodes)
+        else:
+            loss = controlled_action_nll(model, ctl, layer, make_batch(data, episodes).to(device))
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
@@ -82,12 +137,14 @@ def train_controllers(model: SequenceModel, data: Trajectories, train_idx: np.nd
 
 @torch.no_grad()
 def rollout_with_controllers(model: SequenceModel, ctl: SubgoalControllers | None, layer: int,
-                             env: BatchedGridPinpad, seed: int, device, labels=None, before_step=None) -> dict:
+                             env: BatchedGridPinpad, seed: int, device, labels=None, before_step=None,
+                             temperature: float = 1.0, greedy: bool = False) -> dict:
     """Step the base model with the controller of each environment's current ground-truth
     subgoal applied at ``layer`` (``ctl=None``: the uncontrolled base model). ``labels(env)``
     (N,) picks other controllers than ``env.subgoal()``. ``before_step(env)``, if given, is
     called before every step (with every environment, finished ones included), e.g. to record
-    the states the controlled model visits."""
+    the states the controlled model visits. ``temperature`` scales the action head before
+    sampling; 0 (or ``greedy``) takes the most likely action."""
     labels = labels or (lambda e: e.subgoal())
     gen = torch.Generator(device=device).manual_seed(seed)
     obs = env.reset()
@@ -101,7 +158,7 @@ def rollout_with_controllers(model: SequenceModel, ctl: SubgoalControllers | Non
         residual = model.lower(torch.as_tensor(obs, device=device)[rows.idx, None], layer, state)
         if ctl is not None:
             residual = ctl(residual, torch.as_tensor(labels(env), device=device)[rows.idx, None])
-        action = model.sample_action(model.upper(residual, layer, state), gen)
+        action = model.sample_action(model.upper(residual, layer, state), gen, 0.0 if greedy else temperature)
         if before_step is not None:
             before_step(env)
         obs, _, _, _, info = env.step(rows.actions(action))

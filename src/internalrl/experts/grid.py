@@ -76,6 +76,28 @@ def task_marginal_probs(env: BatchedGridPinpad) -> np.ndarray:
     return _mixture(per_task_expert_probs(env), env.consistent.astype(float))
 
 
+def _mixtures_along(arrays: dict, tasks, spec):
+    """Replay the episodes of ``arrays`` step by step; yield, for every step t, ``(live, action,
+    marginal, posterior)``: which episodes are still running, the expert's action, and two (N, 4)
+    predictions: the expert averaged over the tasks consistent with the visits, and the
+    Bayes-optimal predictor given o_{1:t} (tasks weighted by the posterior ∝ Π_s p_task(a_s))."""
+    n = len(arrays["lengths"])
+    env = BatchedGridPinpad(n, tasks, spec, seed=0, require_solvable=False)
+    env.reset(free_play=True)
+    env.load_layout(arrays["layout"].astype(np.int64), arrays["agent"][:, 0].astype(np.int64))
+    posterior = np.ones((n, len(tasks)))
+    rows = np.arange(n)
+    for t in range(int(arrays["lengths"].max())):
+        live = t < arrays["lengths"]
+        action = arrays["actions"][:, t].astype(np.int64)
+        per_task = per_task_expert_probs(env)
+        yield live, action, _mixture(per_task, env.consistent.astype(float)), _mixture(per_task, posterior * env.consistent)
+        taken = per_task[rows, :, action]  # (N, K) likelihood of the action under each task
+        posterior = np.where(live[:, None], posterior * taken, posterior)
+        posterior /= np.maximum(posterior.sum(1, keepdims=True), 1e-300)
+        env.step(np.where(live, action, 0))
+
+
 def task_marginal_reference(arrays: dict, tasks, spec) -> dict:
     """Two bars for a model that must infer the task, scored on expert data ``arrays``:
 
@@ -86,27 +108,30 @@ def task_marginal_reference(arrays: dict, tasks, spec) -> dict:
       posterior ∝ Π_s p_task(a_s) of the path so far (tasks drawn uniformly). No model can do
       better in expectation; its rollouts are expert episodes, so its free play is 1."""
     n = len(arrays["lengths"])
-    env = BatchedGridPinpad(n, tasks, spec, seed=0, require_solvable=False)
-    env.reset(free_play=True)
-    env.load_layout(arrays["layout"].astype(np.int64), arrays["agent"][:, 0].astype(np.int64))
-    posterior = np.ones((n, len(tasks)))
     scores: dict[str, list] = {"correct": [], "logp": [], "post_correct": [], "post_logp": []}
     rows = np.arange(n)
-    for t in range(int(arrays["lengths"].max())):
-        live = t < arrays["lengths"]
-        action = arrays["actions"][:, t].astype(np.int64)
-        per_task = per_task_expert_probs(env)
-        for name, probs in (("", _mixture(per_task, env.consistent.astype(float))),
-                            ("post_", _mixture(per_task, posterior * env.consistent))):
+    for live, action, marginal, posterior in _mixtures_along(arrays, tasks, spec):
+        for name, probs in (("", marginal), ("post_", posterior)):
             scores[name + "correct"].append((probs.argmax(1) == action)[live])
             scores[name + "logp"].append(np.log(np.maximum(probs[rows, action], 1e-12))[live])
-        taken = per_task[rows, :, action]  # (N, K) likelihood of the action under each task
-        posterior = np.where(live[:, None], posterior * taken, posterior)
-        posterior /= np.maximum(posterior.sum(1, keepdims=True), 1e-300)
-        env.step(np.where(live, action, 0))
     mean = {k: float(np.concatenate(v).mean()) for k, v in scores.items()}
     return {"accuracy": mean["correct"], "nll": -mean["logp"],
             "posterior_accuracy": mean["post_correct"], "posterior_nll": -mean["post_logp"]}
+
+
+def posterior_action_targets(arrays: dict, tasks, spec, chunk: int = 8192, progress: bool = False) -> np.ndarray:
+    """(N, T, 4) float16: at every step of every episode the Bayes-optimal next-action
+    distribution given o_{1:t} (zeros past an episode's end). Trained against these soft targets
+    a model has the likelihood's optimum with none of the noise of the expert's sampled action."""
+    n, t_max = arrays["actions"].shape[:2]
+    out = np.zeros((n, t_max, 4), dtype=np.float16)
+    from tqdm.auto import tqdm
+
+    for start in tqdm(range(0, n, chunk), desc="soft targets", disable=not progress, leave=False):
+        part = {k: v[start:start + chunk] for k, v in arrays.items() if k in ("layout", "agent", "actions", "lengths")}
+        for t, (live, _, _, posterior) in enumerate(_mixtures_along(part, tasks, spec)):
+            out[start:start + chunk, t] = np.where(live[:, None], posterior, 0.0)
+    return out
 
 
 def task_marginal_free_play(env: BatchedGridPinpad, seed: int) -> float:

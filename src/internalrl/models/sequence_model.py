@@ -41,8 +41,10 @@ class ModelConfig:
     rel_max_distance: int = 128
     init_scale: float = 0.1  # variance scale of the fan-in initialisation
     max_len: int = 128  # longest sequence the step cache holds
-    obs_encoder: str = "linear"  # "linear": W·o_t; "egocentric": W·(o_t re-indexed around the agent)
-    grid_size: int = 7  # only read by the egocentric encoder
+    obs_encoder: str = "linear"  # "linear": W·o_t; "egocentric": W·(o_t re-indexed around the agent); "conv"
+    grid_size: int = 7  # only read by the egocentric and conv encoders
+    conv_channels: int = 16  # the conv encoder [choice]: channels of its 3x3 layers
+    conv_layers: int = 2  # the conv encoder: how many 3x3 layers before the linear map
 
     def validate(self) -> None:
         for name in ("obs_dim", "action_dim", "width", "depth", "heads", "head_dim", "mlp", "rel_buckets", "max_len"):
@@ -58,11 +60,13 @@ class ModelConfig:
             raise ValueError("model.init_scale must be positive")
         if self.mlp_type not in ("relu", "swiglu"):
             raise ValueError(f"model.mlp_type must be 'relu' or 'swiglu', got {self.mlp_type!r}")
-        if self.obs_encoder not in ("linear", "egocentric"):
-            raise ValueError(f"model.obs_encoder must be 'linear' or 'egocentric', got {self.obs_encoder!r}")
-        if self.obs_encoder == "egocentric" and (self.grid_size < 2 or self.obs_dim % self.grid_size ** 2):
-            raise ValueError(f"model.obs_encoder=egocentric needs a grid observation: obs_dim ({self.obs_dim}) must be "
-                             f"a multiple of grid_size² ({self.grid_size}² = {self.grid_size ** 2})")
+        if self.obs_encoder not in ("linear", "egocentric", "conv"):
+            raise ValueError(f"model.obs_encoder must be 'linear', 'egocentric' or 'conv', got {self.obs_encoder!r}")
+        if self.obs_encoder != "linear" and (self.grid_size < 2 or self.obs_dim % self.grid_size ** 2):
+            raise ValueError(f"model.obs_encoder={self.obs_encoder} needs a grid observation: obs_dim ({self.obs_dim}) "
+                             f"must be a multiple of grid_size² ({self.grid_size}² = {self.grid_size ** 2})")
+        if self.obs_encoder == "conv" and (self.conv_channels < 1 or self.conv_layers < 1):
+            raise ValueError("model.conv_channels and model.conv_layers must be at least 1")
 
 
 class HeadOutput:
@@ -188,6 +192,31 @@ class EgocentricEmbedding(nn.Module):
         return out.reshape(*lead, -1)
 
 
+class ConvEmbedding(nn.Module):
+    """A convolutional stem over the ``(G, G, C)`` grid observation (allocentric), then a linear
+    map to the model width [choice; the paper embeds o_t linearly].
+
+    ``conv_layers`` 3x3 convolutions (zero padding, ReLU) give every cell features of its
+    neighbourhood, e.g. "colour k is next to the agent" or "a wall lies between", which the
+    flat linear map must otherwise build from single cells; the agent's own channel stays in
+    the input, so the features can be relative to it."""
+
+    def __init__(self, grid_size: int, obs_dim: int, width: int, channels: int = 16, layers: int = 2) -> None:
+        super().__init__()
+        self.g, self.c = grid_size, obs_dim // (grid_size * grid_size)
+        convs, c_in = [], self.c
+        for _ in range(layers):
+            convs += [nn.Conv2d(c_in, channels, 3, padding=1), nn.ReLU()]
+            c_in = channels
+        self.convs = nn.Sequential(*convs)
+        self.linear = nn.Linear(channels * grid_size * grid_size, width)
+
+    def forward(self, obs: torch.Tensor) -> torch.Tensor:
+        lead = obs.shape[:-1]
+        grid = obs.reshape(-1, self.g, self.g, self.c).permute(0, 3, 1, 2)
+        return self.linear(self.convs(grid).flatten(1)).reshape(*lead, -1)
+
+
 class SequenceModel(nn.Module):
     def __init__(self, cfg: ModelConfig) -> None:
         super().__init__()
@@ -195,6 +224,8 @@ class SequenceModel(nn.Module):
         self.cfg = cfg
         if cfg.obs_encoder == "egocentric":
             self.embed = EgocentricEmbedding(cfg.grid_size, cfg.obs_dim, cfg.width)
+        elif cfg.obs_encoder == "conv":
+            self.embed = ConvEmbedding(cfg.grid_size, cfg.obs_dim, cfg.width, cfg.conv_channels, cfg.conv_layers)
         else:
             self.embed = nn.Linear(cfg.obs_dim, cfg.width)
         self.blocks = nn.ModuleList(
@@ -283,8 +314,11 @@ class SequenceModel(nn.Module):
 
     def sample_action(self, out: HeadOutput, generator: torch.Generator | None = None,
                       temperature: float = 1.0) -> torch.Tensor:
-        """Sample from the action head, for the last time step of ``out`` -> (B,) or (B, A)."""
+        """Sample from the action head, for the last time step of ``out`` -> (B,) or (B, A).
+        ``temperature=0`` is greedy: the most likely action (the Gaussian's mean), no randomness drawn."""
         head = out.action[:, -1]
+        if temperature <= 0:
+            return head.argmax(-1) if self.cfg.action_type == "categorical" else head
         if self.cfg.action_type == "categorical":
             probs = F.softmax(head.float() / temperature, -1)
             return torch.multinomial(probs, 1, generator=generator)[:, 0]
