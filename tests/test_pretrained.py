@@ -185,3 +185,22 @@ def test_export_can_ship_the_steerability_protocols_controllers(shipped, tmp_pat
     for k, v in load_file(str(work / "steerability" / "controllers_layer2.safetensors")).items():
         assert torch.equal(p.controllers.state_dict()[k], v), k
     assert "steerability" in p.card["measured"]
+
+
+def test_the_shipped_grid_model_loads_and_steps():
+    """The package's own shipped model: checksums hold, the model is frozen and its controllers act."""
+    from internalrl.envs.gridworld import BatchedGridPinpad
+    from internalrl.envs.tasks import parse_task_set
+
+    p = pretrained.load("grid")
+    assert "grid" in pretrained.available()
+    assert p.layer == p.config.control_layer() and p.controllers.num_subgoals == 4
+    assert not any(q.requires_grad for q in p.model.parameters())
+    assert {"seed", "steps", "training_seconds", "hardware", "measured"} <= set(p.card)
+    env = BatchedGridPinpad(4, parse_task_set("0-1-2-3", 8), p.config.env.spec(), seed=0)
+    obs = torch.as_tensor(env.reset())[:, None]
+    with torch.no_grad():
+        e = p.model.lower(obs, p.layer)
+        steered = p.controllers(e, torch.as_tensor(env.subgoal())[:, None])
+        out = p.model.upper(steered, p.layer)
+    assert out.action.shape == (4, 1, 4) and not torch.equal(steered, e)
