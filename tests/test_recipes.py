@@ -123,3 +123,26 @@ def test_label_smoothing_mixes_the_target_with_uniform(small):
     assert "uniform_action_ce" in out
     with pytest.raises(ConfigError, match="label_smoothing"):
         load_config("quick", ["train.label_smoothing=1"])
+
+
+def test_a_checkpoint_file_without_random_state_still_resumes(tmp_path):
+    """Files written before the random state and the loop's extras were packed still continue."""
+    from safetensors.torch import load_file, save_file
+    from safetensors import safe_open
+
+    from internalrl.portable import read_header
+
+    steps = ["--set", "train.steps=4", "--set", "train.checkpoint_every=100"]
+    run = tmp_path / "run"
+    ckpt = tmp_path / "old.safetensors"
+    assert main(["data", "--out", str(run), *TINY, *steps]) == 0
+    assert main(["train", "--out", str(run), *TINY, *steps, "--checkpoint-file", str(ckpt), "--minutes", "1e-9"]) == 0
+    with safe_open(str(ckpt), "pt") as f:
+        header = dict(f.metadata())
+    tensors = {k: v for k, v in load_file(str(ckpt)).items() if k != "rng.torch"}
+    header.pop("extra")
+    save_file(tensors, str(ckpt), metadata=header)
+    fresh = tmp_path / "fresh"
+    assert main(["data", "--out", str(fresh), *TINY, *steps]) == 0
+    assert main(["train", "--out", str(fresh), *TINY, *steps, "--checkpoint-file", str(ckpt)]) == 0
+    assert read_header(ckpt)["finished"] == "True" and (fresh / "base_model" / "model.safetensors").exists()
