@@ -242,7 +242,7 @@ def plot_steerability(m: dict, path, title: str = "") -> None:
 
     fig, ax = plt.subplots(1, 4, figsize=(17, 3.8))
     p = m["prediction"]
-    ax[0].bar(["model", "Bayes-optimal", "expert (knows task)"],
+    ax[0].bar(["model", "Bayes-optimal", "task known"],
               [p["heldout_action_nll"], p["bayes_optimal_nll"], p["expert_action_nll"]], color=["C0", "grey", "silver"])
     ax[0].set_ylabel("held-out action NLL (nats)")
     ax[0].set_title("prediction")
