@@ -49,6 +49,7 @@ def test_failure_breakdown_counts_each_stage_of_a_task():
     assert [s["reached"] for s in b["stages"]] == [10, 8, 7, 4]
     assert [s["passed"] for s in b["stages"]] == [8, 7, 4, 3]
     assert b["stages"][2]["seen"] is False and b["stages"][2]["subgoals"] == [0, 1]
+    assert b["stages"][2]["wrong_colours"] == {"4": 3} and b["stages"][0]["wrong_colours"] == {"4": 1}
     assert b["unseen_transitions"]["pass_rate"] == pytest.approx(4 / 7)
     assert b["seen_transitions"]["pass_rate"] is None  # this task has no seen transition
     assert b["before_first_colour"]["episodes_failed"] == 2 and b["timeouts"] == 2

@@ -90,7 +90,8 @@ def failure_breakdown(res: dict, task: Task, seen: set[tuple[int, int]], spec: G
     starts; ``seen`` says whether that subgoal transition occurs in pretraining)."""
     per = spec.colours_per_subgoal
     progress = np.asarray(res["progress_counts"])
-    wrong = np.asarray(res["wrong_colour_counts"]).sum(1)
+    by_colour = np.asarray(res["wrong_colour_counts"])
+    wrong = by_colour.sum(1)
     timeout = np.asarray(res["timeout_counts"])
     n = int(progress.sum())
     reached = n - np.concatenate([[0], np.cumsum(progress)[:-1]])  # episodes that got to k colours
@@ -98,7 +99,9 @@ def failure_breakdown(res: dict, task: Task, seen: set[tuple[int, int]], spec: G
     for k in range(len(task)):
         entry = {"colours_done": k, "next_colour": int(task[k]), "reached": int(reached[k]),
                  "passed": int(reached[k + 1]) if k + 1 < len(reached) else int(reached[k] - progress[k]),
-                 "wrong_colour": int(wrong[k]), "timeout": int(timeout[k])}
+                 "wrong_colour": int(wrong[k]), "timeout": int(timeout[k]),
+                 # the colours the failed episodes walked onto instead
+                 "wrong_colours": {str(c): int(n) for c, n in enumerate(by_colour[k]) if n}}
         if k == 0:
             entry["kind"] = "first_colour"
         elif k % per:
