@@ -290,22 +290,16 @@ def run_steerability(root, sc: SteerabilityConfig, name: str = "steerability", p
     import json
     from pathlib import Path
 
-    from ..config import config_from_dict
     from ..envs.tasks import parse_task_set
-    from ..rundir import RunDir, RunDirError
+    from ..rundir import RunDir, RunDirError, stored_config
     from ..stages import clean_data
     from ..train import load_model, resolve_device, save_weights
 
     root = Path(root)
-    meta_path = root / "run.json"
-    if not meta_path.is_file():
+    cfg = stored_config(root)
+    if cfg is None:
         raise RunDirError(f"{root} is not an internalrl run directory (no run.json); give the --out folder of "
                           "`internalrl run` or `internalrl train`")
-    try:
-        meta = json.loads(meta_path.read_text())
-        cfg = config_from_dict(meta["config"])
-    except (json.JSONDecodeError, KeyError, TypeError):
-        raise RunDirError(f"{meta_path} is corrupt; it does not hold a run's config") from None
     run = RunDir(root, cfg, create=False)
     if not name or "/" in name or name.startswith("."):
         raise RunDirError(f"--name must be a plain folder name, got {name!r}")

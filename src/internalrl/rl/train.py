@@ -61,10 +61,17 @@ def _minibatches(n: int, k: int, rng: np.random.Generator):
     return [torch.as_tensor(c) for c in np.array_split(perm, min(k, n))]
 
 
-def _resume(ckpt: Checkpoint, modules: dict, opt, rng, env: BatchedGridPinpad):
-    """The PPO loops' shared state: (curve, episodes seen, iteration, seconds before this session)."""
+def _resume(checkpoint: Checkpoint | None, modules: dict, opt, rng, env: BatchedGridPinpad, cfg: RLConfig,
+            desc: str, progress: bool):
+    """The PPO loops' shared start: restore the checkpoint (if any) and return (checkpoint, curve,
+    episodes seen, iteration, clock start counting earlier runs' seconds, iterations in all, progress bar)."""
+    ckpt = checkpoint or Checkpoint.off()
+    ckpt.hint = "rl.lr"
     it, extra = ckpt.restore(modules, {"opt": opt}, numpy={"rng": rng, "env": env.rng})
-    return [tuple(c) for c in extra.get("curve", [])], extra.get("seen", 0), it, extra.get("seconds", 0.0)
+    seen = extra.get("seen", 0)
+    bar = tqdm(total=cfg.episodes, initial=seen, desc=desc, unit="ep", disable=not progress, leave=False)
+    return (ckpt, [tuple(c) for c in extra.get("curve", [])], seen, it,
+            time.perf_counter() - extra.get("seconds", 0.0), -(-cfg.episodes // cfg.batch_size), bar)
 
 
 def train_internal_rl(base: SequenceModel, meta: Metacontroller, layer: int, spec: GridSpec, task: Task,
@@ -79,12 +86,7 @@ def train_internal_rl(base: SequenceModel, meta: Metacontroller, layer: int, spe
     policy = RecurrentCodePolicy(base.cfg.width, meta.cfg.code_dim, cfg.policy_hidden).to(device)
     opt = torch.optim.Adam(policy.parameters(), lr=cfg.lr)
     env = BatchedGridPinpad(cfg.batch_size, [task], spec, seed=seed)
-    ckpt = checkpoint or Checkpoint.off()
-    ckpt.hint = "rl.lr"
-    curve, seen, it, before = _resume(ckpt, {"policy": policy}, opt, rng, env)
-    t0 = time.perf_counter() - before
-    iterations = -(-cfg.episodes // cfg.batch_size)
-    bar = tqdm(total=cfg.episodes, initial=seen, desc=desc, unit="ep", disable=not progress, leave=False)
+    ckpt, curve, seen, it, t0, iterations, bar = _resume(checkpoint, {"policy": policy}, opt, rng, env, cfg, desc, progress)
     while seen < cfg.episodes:
         roll = rollout_internal(base, meta, policy, env, layer, seed * 100_003 + it, device, threshold=cfg.threshold)
         adv = trajectory_advantages(roll.returns)
@@ -152,12 +154,7 @@ def train_raw_rl(base: SequenceModel, spec: GridSpec, task: Task, cfg: RLConfig,
         p.requires_grad_(True)
     opt = torch.optim.Adam(model.parameters(), lr=cfg.lr)
     env = BatchedGridPinpad(cfg.batch_size, [task], spec, seed=seed)
-    ckpt = checkpoint or Checkpoint.off()
-    ckpt.hint = "rl.lr"
-    curve, seen, it, before = _resume(ckpt, {"model": model}, opt, rng, env)
-    t0 = time.perf_counter() - before
-    iterations = -(-cfg.episodes // cfg.batch_size)
-    bar = tqdm(total=cfg.episodes, initial=seen, desc=desc, unit="ep", disable=not progress, leave=False)
+    ckpt, curve, seen, it, t0, iterations, bar = _resume(checkpoint, {"model": model}, opt, rng, env, cfg, desc, progress)
     while seen < cfg.episodes:
         model.eval()
         roll = rollout_raw(model, env, seed * 100_003 + it, device)
