@@ -167,3 +167,41 @@ def test_cached_lower_half_gives_the_same_controller_loss_and_training():
 
     with pytest.raises(ValueError, match="outside the cached set"):
         cache.batch(np.array([0]))
+
+
+def test_closed_loop_switching_counts_decisions_against_reached_subgoals():
+    from internalrl.analysis.switching import closed_loop_switching
+
+    # two episodes: subgoals 0,0,0,1,1,2 (length 6) and 0,0,1 then done (length 3)
+    sub = torch.tensor([[0, 0, 0, 1, 1, 2, -1, -1], [0, 0, 1, -1, -1, -1, -1, -1]])
+    lengths = torch.tensor([6, 3])
+    on_changes = torch.zeros(2, 8, dtype=torch.bool)
+    on_changes[:, 0] = True
+    on_changes[0, [3, 5]] = True
+    on_changes[1, 2] = True
+    m = closed_loop_switching(on_changes, sub, lengths)
+    assert m["f1"] == 1.0 and m["decisions_per_subgoal"] == 1.0 and m["episodes"] == 2
+    every = torch.arange(8)[None] < lengths[:, None]  # a code every step
+    m = closed_loop_switching(every, sub, lengths)
+    assert m["recall"] == 1.0 and m["precision"] < 1.0
+    assert m["decisions_per_subgoal"] == 9 / 5  # 9 steps over 5 subgoals entered
+    # steps past the end of an episode never count, whatever the tensor holds there
+    assert closed_loop_switching(every | ~every, sub, lengths) == m
+
+
+def test_code_content_finds_what_the_codes_carry():
+    from internalrl.analysis.switching import code_content
+
+    g = torch.Generator().manual_seed(0)
+    n, t = 200, 5
+    subgoals = torch.randint(0, 4, (n, t), generator=g)
+    actions = torch.randint(0, 4, (n, t), generator=g)
+    codes = torch.nn.functional.one_hot(subgoals, 8).float() + 0.1 * torch.randn(n, t, 8, generator=g)
+    decisions = torch.rand(n, t, generator=g) < 0.5
+    out = code_content(codes, decisions, subgoals, actions, num_subgoals=4, num_actions=4)
+    assert out["decisions"] == int(decisions.sum())
+    assert out["subgoal"]["accuracy"] > 0.95  # the codes spell the subgoal
+    assert out["direction"]["accuracy"] < 0.5  # and know nothing of the (independent) action
+    few = torch.zeros(n, t, dtype=torch.bool)
+    few[:5, 0] = True
+    assert code_content(codes, few, subgoals, actions, 4, 4)["subgoal"] is None

@@ -49,6 +49,10 @@ def test_replaying_metacontroller_codes_reproduces_action_log_probs(setup):
     assert torch.allclose(got[batch.mask], want[batch.mask], atol=1e-5)
     assert env.succeeded.all() and torch.equal(roll.lengths, batch.mask.sum(1))
     assert torch.allclose(roll.residuals[:, :t][batch.mask], residual[batch.mask], atol=1e-5)
+    # the subgoal asked for and the action taken at each step, as the expert data recorded them
+    assert torch.equal(roll.subgoals[:, :t][batch.mask], batch.subgoals[batch.mask])
+    assert torch.equal(roll.actions[:, :t][batch.mask], batch.actions[batch.mask])
+    assert (roll.subgoals[:, t:] == -1).all()
 
 
 def test_codes_are_held_between_decisions(setup):

@@ -1,4 +1,4 @@
-"""Switch metrics (issue 4): with β hardened at 0.5, how well switch times match the steps
+"""Switch metrics: with β hardened at 0.5, how well switch times match the steps
 where the ground-truth subgoal changes."""
 from __future__ import annotations
 
@@ -34,3 +34,46 @@ def switch_metrics(gates: torch.Tensor, subgoals: torch.Tensor, mask: torch.Tens
         "subgoals_per_episode": (change.sum(1).float() + 1).mean().item(),
         "fraction_beta_intermediate": ((g > 0.1) & (g < 0.9)).float().mean().item() if g.numel() else None,
     }
+
+
+def closed_loop_switching(decisions: torch.Tensor, subgoals: torch.Tensor, lengths: torch.Tensor,
+                          tolerance: int = 1) -> dict:
+    """Switch metrics in closed loop: the decisions a rollout took (N, T) against the subgoal
+    changes the episodes actually reached ((N, T) subgoal asked for at each step, -1 once done),
+    over the first ``lengths`` (N,) steps of each. Beside :func:`switch_metrics`' keys,
+    ``decisions_per_subgoal``: codes taken per subgoal reached (1.0 is one code per subgoal)."""
+    steps = torch.arange(decisions.shape[1], device=decisions.device)
+    mask = (steps[None] < lengths[:, None]) & (subgoals >= 0)
+    out = switch_metrics(decisions.float(), subgoals, mask, tolerance)
+    change = torch.zeros_like(mask)
+    change[:, 1:] = (subgoals[:, 1:] != subgoals[:, :-1]) & mask[:, 1:] & mask[:, :-1]
+    reached = (change.sum(1) + mask[:, 0].long()).sum().item()  # subgoals entered, counting the first
+    out["decisions_per_subgoal"] = (decisions & mask).sum().item() / reached if reached else None
+    out["episodes"] = int(decisions.shape[0])
+    return out
+
+
+def code_content(codes: torch.Tensor, decisions: torch.Tensor, subgoals: torch.Tensor, actions: torch.Tensor,
+                 num_subgoals: int, num_actions: int, seed: int = 0, train_fraction: float = 0.7) -> dict:
+    """What the codes a policy chose carry: a linear probe from each code (taken where ``decisions``)
+    to the subgoal the task asked for then, and one to the raw action taken at that step (the
+    walking direction), fit on ``train_fraction`` of the decisions and scored on the rest, each
+    beside the majority-class rate of the held-out decisions. None where too few decisions."""
+    from .probes import fit_probe
+
+    take = decisions & (subgoals >= 0)
+    x, labels = codes[take].float(), {"subgoal": (subgoals[take], num_subgoals), "direction": (actions[take], num_actions)}
+    n = x.shape[0]
+    out = {"decisions": int(n)}
+    n_train = int(n * train_fraction)
+    if n_train < 10 or n - n_train < 10:
+        return {**out, **{k: None for k in labels}}
+    perm = torch.randperm(n, generator=torch.Generator().manual_seed(seed))
+    tr, te = perm[:n_train], perm[n_train:]
+    for name, (y, k) in labels.items():
+        y = y.long().cpu()
+        probe = fit_probe(x[tr].cpu(), y[tr], k, seed=seed)
+        with torch.no_grad():
+            acc = (probe(x[te].cpu()).argmax(-1) == y[te]).float().mean().item()
+        out[name] = {"accuracy": acc, "majority_class_rate": torch.bincount(y[te], minlength=k).max().item() / len(te)}
+    return out

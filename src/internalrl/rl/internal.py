@@ -32,6 +32,8 @@ class InternalRollout:
     returns: torch.Tensor  # (N,) summed reward
     lengths: torch.Tensor  # (N,) raw steps
     action_log_probs: torch.Tensor  # (N, T) log p(a_t) of the raw actions under the controlled model
+    subgoals: torch.Tensor  # (N, T) long: the subgoal the task asked for at t (-1 once done)
+    actions: torch.Tensor  # (N, T) long: the raw action taken at t
 
 
 @torch.no_grad()
@@ -63,6 +65,8 @@ def rollout_internal(base: SequenceModel, meta: Metacontroller, policy: Recurren
         returns=torch.zeros(n, device=device),
         lengths=torch.zeros(n, dtype=torch.long, device=device),
         action_log_probs=torch.zeros(n, horizon, device=device),
+        subgoals=torch.full((n, horizon), -1, dtype=torch.long, device=device),
+        actions=torch.zeros(n, horizon, dtype=torch.long, device=device),
     )
     for t in range(horizon):
         keep = rows.shrink(env)
@@ -83,10 +87,12 @@ def rollout_internal(base: SequenceModel, meta: Metacontroller, policy: Recurren
             out.log_probs[idx, t] = torch.where(fire, policy.log_prob(mean, log_std, proposal), 0.0)
         z = torch.where(fire[:, None], proposal, z)
         out.residuals[idx, t], out.decisions[idx, t] = e, fire
+        out.subgoals[idx, t] = torch.as_tensor(env.subgoal(), device=device)[idx]
         out.codes[idx, t] = torch.where(fire[:, None], proposal, 0.0)
         heads = base.upper(meta.control(e, z)[:, None], layer, state)
         a = base.sample_action(heads, gen) if actions is None else actions[idx, t]
         out.action_log_probs[idx, t] = torch.where(live, base.action_log_prob(heads, a[:, None])[:, 0], 0.0)
+        out.actions[idx, t] = torch.where(live, a, 0)
         h = meta.history(e, h)
         out.lengths[idx] += live.long()
         obs, reward, *_ = env.step(rows.actions(a))
