@@ -29,13 +29,13 @@ from pathlib import Path
 import torch
 
 from internalrl.compact import CompactCheckpoint, save_compact
-from internalrl.config import ConfigError, dumps, load_config
-from internalrl.data import DataError, batch_indices, data_card, generate_grid, load_trajectories, make_batch, save_trajectories
-from internalrl.envs.tasks import TaskError, parse_task_set
+from internalrl.config import dumps, load_config
+from internalrl.data import batch_indices, data_card, generate_grid, load_trajectories, make_batch, save_trajectories
+from internalrl.envs.tasks import parse_task_set
+from internalrl.errors import USER_ERRORS, CheckpointError, ConfigError, DataError
 from internalrl.models.sequence_model import SequenceModel
-from internalrl.train import CheckpointError, lr_at, resolve_device, train_step
+from internalrl.train import lr_at, resolve_device, train_step
 
-USER_ERRORS = (ConfigError, DataError, CheckpointError, TaskError)
 SAVE_EVERY_S = 120.0  # also save mid-run, so a killed run loses at most this much
 
 

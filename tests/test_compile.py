@@ -157,7 +157,7 @@ def test_causal_switch_reads_no_future_input_and_steps_equal_the_sequence():
 
 
 def test_save_load_round_trip_gives_identical_outputs(tmp_path):
-    from internalrl.stages import _load_compile
+    from internalrl.pipeline import _load_compile
     from internalrl.train import CheckpointError, save_weights
 
     base, m, x = frozen_base(), make_model(), batch()
@@ -220,7 +220,7 @@ TINY = ["data.num_episodes=40", "model.width=16", "model.depth=2", "model.heads=
 def test_run_rl_compile_end_to_end(tmp_path):
     from internalrl.config import load_config
     from internalrl.rundir import RunDir
-    from internalrl.stages import run_rl, stage_base_model, stage_data
+    from internalrl.pipeline import run_rl, stage_base_model, stage_data
 
     cfg = load_config("quick", TINY)
     run = RunDir(tmp_path / "run", cfg)

@@ -5,7 +5,7 @@ import torch
 
 from internalrl.config import load_config
 from internalrl.data import load_trajectories
-from internalrl.stages import _load_meta
+from internalrl.pipeline import _load_meta
 from internalrl.train import load_model
 
 

@@ -14,7 +14,7 @@ import sys
 from dataclasses import replace
 from pathlib import Path
 
-from internalrl import stages
+from internalrl import pipeline
 from internalrl.config import load_config
 from internalrl.rundir import RunDir
 
@@ -29,6 +29,6 @@ run = RunDir(run_dir, cfg, create=False)
 for name in ("base_model", "data"):
     os.symlink(Path(run_dir, name).resolve(), out / name)
 mc = replace(cfg.metacontroller, alpha=alpha)
-res = stages._train_and_eval_meta(cfg, run, mc, "frozen", True, save_to=out / "metacontroller")
+res = pipeline._train_and_eval_meta(cfg, run, mc, "frozen", True, save_to=out / "metacontroller")
 print(json.dumps({k: res[k] for k in ("f1", "precision", "recall", "switches_per_episode",
                                       "fraction_beta_intermediate", "action_nll", "kl")}))

@@ -19,11 +19,9 @@ import os
 from pathlib import Path
 from typing import Iterator
 
+from .errors import StorageError
+
 MANIFEST = "MANIFEST.json"  # {relative path: {"sha256": ..., "bytes": ...}} of a finished artifact
-
-
-class StorageError(RuntimeError):
-    """A file that cannot be written or read back as written; the message says what to do."""
 
 
 def describe_os_error(e: OSError, path: Path | str) -> str:

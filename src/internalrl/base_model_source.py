@@ -103,7 +103,7 @@ def record(run: RunDir, source: dict) -> None:
 
 def stage_base_model_shipped(cfg: Config, run: RunDir, progress: bool = True, source: dict | None = None):
     """The base_model stage filled from the shipped model named in ``source``."""
-    from . import stages
+    from . import pipeline
     from .train import load_model, resolve_device
 
     if run.done("base_model"):
@@ -122,26 +122,26 @@ def stage_base_model_shipped(cfg: Config, run: RunDir, progress: bool = True, so
     stage_config = {"model": asdict(cfg.model), "train": asdict(cfg.train), "seed": shipped.config.seed}
     full = {**source, "card": {k: shipped.card.get(k) for k in ("summary", "seed", "steps", "training_seconds",
                                                                  "hardware")}}
-    return stages.finish_base_model(cfg, run, model, float(shipped.card.get("training_seconds") or 0.0),
-                                    stage_config, source=full)
+    return pipeline.finish_base_model(cfg, run, model, float(shipped.card.get("training_seconds") or 0.0),
+                                      stage_config, source=full)
 
 
 def stage_base_model_from(cfg: Config, run: RunDir, progress: bool = True, init_from: str | None = None):
     """The base_model stage trained here, starting from the compact checkpoint ``init_from``."""
-    from . import stages
+    from . import pipeline
 
     if run.done("base_model"):
         raise RunDirError(f"{run.root} already has a finished base model; --init-from would not be used. "
                           "Use a new --out folder.")
-    return stages.stage_base_model(cfg, run, progress, init_from=Path(init_from))
+    return pipeline.stage_base_model(cfg, run, progress, init_from=Path(init_from))
 
 
 def base_model_stage(source: dict, init_from: str | None = None):
     """The function that makes this run's base_model stage."""
-    from . import stages
+    from . import pipeline
 
     if source["choice"] == "shipped":
         return functools.partial(stage_base_model_shipped, source=source)
     if init_from is not None:
         return functools.partial(stage_base_model_from, init_from=init_from)
-    return stages.stage_base_model
+    return pipeline.stage_base_model

@@ -32,18 +32,11 @@ from pathlib import Path
 import torch
 
 from .atomic import StorageError, describe_os_error, replacing
+from .errors import CheckpointError, TrainingDiverged
 
 CHECKPOINT_GLOB = "checkpoint*"  # the files a stage's working folder drops when it is published
 CHECKPOINT_SECONDS = float(os.environ.get("INTERNALRL_CHECKPOINT_SECONDS", "120"))  # 0: every step
 FORMAT = 1
-
-
-class CheckpointError(RuntimeError):
-    """A checkpoint or model that is missing or unreadable; the message says what to do."""
-
-
-class TrainingDiverged(CheckpointError):
-    """The weights became NaN or infinite; the message names the learning rate to lower."""
 
 
 class Checkpoint:

@@ -21,16 +21,11 @@ import sys
 import time
 from pathlib import Path
 
-from .atomic import StorageError, describe_os_error
-from .config import ConfigError, PRESETS, dumps, load_config
-from .data import DataError
-from .envs.tasks import TaskError
-from .pretrained import PretrainedError
-from .rundir import RunDir, RunDirError, read_run_json, set_command, stored_config
-from .train import CheckpointError
+from .atomic import describe_os_error
+from .config import PRESETS, dumps, load_config
+from .errors import USER_ERRORS, ConfigError, RunDirError
+from .rundir import RunDir, read_run_json, set_command, stored_config
 from . import cli_pretrained
-
-USER_ERRORS = (ConfigError, RunDirError, DataError, CheckpointError, TaskError, StorageError, PretrainedError)
 
 
 def _common(p: argparse.ArgumentParser, out: bool = True) -> None:
@@ -160,7 +155,7 @@ def _main(argv: list[str]) -> int:
 
 
 def _dispatch(args) -> int:
-    from . import stages
+    from . import experiments, pipeline
     from .report import write_report
 
     if args.command == "ant-data":
@@ -199,7 +194,7 @@ def _dispatch(args) -> int:
     if args.command == "experiment":
         if args.base_seeds < 1 or args.meta_seeds < 1:
             raise ConfigError("--base-seeds and --meta-seeds must be at least 1")
-        stages.experiment(cfg, Path(args.out), args.base_seeds, args.meta_seeds,
+        experiments.experiment(cfg, Path(args.out), args.base_seeds, args.meta_seeds,
                           [m.strip() for m in args.methods.split(",") if m.strip()], args.task,
                           progress=not args.no_progress)
         print(Path(args.out) / "fig8.png")
@@ -213,7 +208,7 @@ def _dispatch(args) -> int:
             if args.episodes < 1:
                 raise ConfigError("--episodes must be at least 1")
             cfg.rl.episodes = args.episodes
-        stages.run_rl(cfg, run, args.method, args.task, progress=progress)
+        pipeline.run_rl(cfg, run, args.method, args.task, progress=progress)
         print(write_report(run.root))
         return 0
     if args.command == "sweep-alpha":
@@ -223,30 +218,30 @@ def _dispatch(args) -> int:
             raise ConfigError(f"--alphas takes comma-separated numbers, got {args.alphas!r}") from None
         if any(a < 0 for a in alphas):
             raise ConfigError("--alphas must be non-negative")
-        stages.alpha_sweep(cfg, run, alphas, cotrained=not args.no_cotrained, progress=progress)
+        experiments.alpha_sweep(cfg, run, alphas, cotrained=not args.no_cotrained, progress=progress)
         print(write_report(run.root))
         return 0
     t0 = time.perf_counter()
     plan = {
-        "data": [stages.stage_data],
-        "train": [stages.stage_base_model],
-        "evaluate": [stages.stage_eval_base],
-        "probe": [stages.stage_probes],
-        "controllers": [stages.stage_controllers],
-        "metacontroller": [stages.stage_metacontroller],
-        "run": [stages.stage_data, stages.stage_base_model, stages.stage_eval_base, stages.stage_probes,
-                stages.stage_controllers, stages.stage_metacontroller, stages.stage_rl_quick],
+        "data": [pipeline.stage_data],
+        "train": [pipeline.stage_base_model],
+        "evaluate": [pipeline.stage_eval_base],
+        "probe": [pipeline.stage_probes],
+        "controllers": [pipeline.stage_controllers],
+        "metacontroller": [pipeline.stage_metacontroller],
+        "run": [pipeline.stage_data, pipeline.stage_base_model, pipeline.stage_eval_base, pipeline.stage_probes,
+                pipeline.stage_controllers, pipeline.stage_metacontroller, pipeline.stage_rl_quick],
     }[args.command]
     make_base = cli_pretrained.base_model_stage(args, source)
     if args.command == "train" and (args.checkpoint_file or args.minutes is not None):
         if args.minutes is not None and not args.minutes > 0:
             raise ConfigError(f"--minutes must be positive, got {args.minutes}")
-        if make_base is not stages.stage_base_model:
+        if make_base is not pipeline.stage_base_model:
             raise ConfigError("--checkpoint-file and --minutes train the base model here; they do not combine with "
                               "--base-model shipped or --init-from")
-        make_base = functools.partial(stages.stage_base_model, checkpoint_file=args.checkpoint_file,
+        make_base = functools.partial(pipeline.stage_base_model, checkpoint_file=args.checkpoint_file,
                                       minutes=args.minutes)
-    plan = [make_base if stage is stages.stage_base_model else stage for stage in plan]
+    plan = [make_base if stage is pipeline.stage_base_model else stage for stage in plan]
     for stage in plan:
         stage(cfg, run, progress=progress)
     if args.command == "run":

@@ -28,15 +28,10 @@ from pathlib import Path
 
 import torch
 
+from .errors import CheckpointError
 from .models.sequence_model import ModelConfig
 
 FORMAT = "internalrl-compact/1"
-
-
-def _checkpoint_error():
-    from .train import CheckpointError
-
-    return CheckpointError
 
 
 def save_compact(path, model: torch.nn.Module, opt: torch.optim.Optimizer, step: int, config_json: str,
@@ -71,16 +66,16 @@ class CompactCheckpoint:
         self.path = Path(path)
         what = "delete it (or pass another file) to start from scratch"
         if not self.path.is_file():
-            raise _checkpoint_error()(f"no checkpoint at {self.path}")
+            raise CheckpointError(f"no checkpoint at {self.path}")
         try:
             with safe_open(str(self.path), framework="pt") as f:
                 meta = f.metadata() or {}
                 tensors = {k: f.get_tensor(k) for k in f.keys()}
         except Exception as e:
-            raise _checkpoint_error()(f"{self.path} is not a readable checkpoint ({type(e).__name__}: "
+            raise CheckpointError(f"{self.path} is not a readable checkpoint ({type(e).__name__}: "
                                       f"{str(e)[:120]}); {what}") from None
         if meta.get("format") != FORMAT:
-            raise _checkpoint_error()(f"{self.path} is not a compact internalrl checkpoint (format "
+            raise CheckpointError(f"{self.path} is not a compact internalrl checkpoint (format "
                                       f"{meta.get('format')!r}, expected {FORMAT!r}); {what}")
         try:
             self.step, self.adam_step = int(meta.pop("step")), int(meta.pop("adam_step"))
@@ -88,7 +83,7 @@ class CompactCheckpoint:
             meta.pop("format")
             self.extra = {k: json.loads(v) for k, v in meta.items()}
         except (KeyError, ValueError):
-            raise _checkpoint_error()(f"{self.path} has a damaged header; {what}") from None
+            raise CheckpointError(f"{self.path} has a damaged header; {what}") from None
         self.weights = {k[len("weight/"):]: v for k, v in tensors.items() if k.startswith("weight/")}
         self.adam_v = {k[len("adam_v/"):]: v for k, v in tensors.items() if k.startswith("adam_v/")}
 
@@ -104,7 +99,7 @@ class CompactCheckpoint:
         stored, want = self.config.get("model", {}), asdict(model_cfg)
         diffs = [f"model.{k}: {stored.get(k)!r} in the checkpoint, {v!r} here" for k, v in want.items() if stored.get(k) != v]
         if diffs:
-            raise _checkpoint_error()(f"{self.path} holds another architecture:\n  " + "\n  ".join(diffs[:8]) +
+            raise CheckpointError(f"{self.path} holds another architecture:\n  " + "\n  ".join(diffs[:8]) +
                                       "\nUse the same model settings (preset and --set model.*) as the run that wrote it.")
 
     def restore(self, model: torch.nn.Module, opt: torch.optim.Optimizer | None = None) -> None:
@@ -113,12 +108,12 @@ class CompactCheckpoint:
         params = dict(model.named_parameters())
         if set(params) != set(self.weights):
             missing, unexpected = sorted(set(params) - set(self.weights)), sorted(set(self.weights) - set(params))
-            raise _checkpoint_error()(f"{self.path} does not fit this model (missing {missing[:4]}, "
+            raise CheckpointError(f"{self.path} does not fit this model (missing {missing[:4]}, "
                                       f"unexpected {unexpected[:4]})")
         with torch.no_grad():
             for name, p in params.items():
                 if p.shape != self.weights[name].shape:
-                    raise _checkpoint_error()(f"{self.path}: {name} has shape {tuple(self.weights[name].shape)}, "
+                    raise CheckpointError(f"{self.path}: {name} has shape {tuple(self.weights[name].shape)}, "
                                               f"the model wants {tuple(p.shape)}")
                 p.copy_(self.weights[name].to(p.device, p.dtype))
         if opt is None or not self.adam_v:
@@ -144,7 +139,7 @@ def init_from_compact(model: torch.nn.Module, opt: torch.optim.Optimizer, path, 
     this = {"path": str(Path(path)), "sha256": ck.sha256(), "step": ck.step}
     if resuming:
         if record is None or record["sha256"] != this["sha256"]:
-            raise _checkpoint_error()(f"the interrupted training in {work} did not start from {path}; "
+            raise CheckpointError(f"the interrupted training in {work} did not start from {path}; "
                                       f"resume it without --init-from, or delete {work} to start over from {path}")
         return record
     ck.restore(model, opt)

@@ -13,13 +13,10 @@ from typing import Any
 from .baselines.compile import CompileConfig
 from .envs.gridworld import GridSpec
 from .envs.tasks import GRID_POSTTRAIN_TASK, TaskError, parse_task_set
+from .errors import ConfigError
 from .metacontroller import MetacontrollerConfig
 from .models.sequence_model import ModelConfig
 from .rl.train import RLConfig
-
-
-class ConfigError(ValueError):
-    """A config value that cannot be used; the message names the field."""
 
 
 @dataclass

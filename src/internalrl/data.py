@@ -26,13 +26,10 @@ from tqdm.auto import tqdm
 from .atomic import StorageError, verify
 from .envs.gridworld import BatchedGridPinpad, GridSpec
 from .envs.tasks import Task, task_str
+from .errors import DataError
 from .experts.grid import expert_actions
 
 DATA_FORMAT_VERSION = 1
-
-
-class DataError(RuntimeError):
-    """A dataset folder that is missing, incomplete or from another version."""
 
 
 # ------------------------------------------------------------------ generation

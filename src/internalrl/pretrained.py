@@ -34,6 +34,7 @@ from .config import Config, ConfigError, dumps
 from .config import _from_dict
 from .config import config_from_dict as _config_from_dict
 from .controller import SubgoalControllers
+from .errors import PretrainedError
 from .models.sequence_model import ModelConfig, SequenceModel
 
 #: What ``internalrl run`` does for the base model when ``--base-model`` is not given and the run
@@ -45,10 +46,6 @@ ROOT_ENV = "INTERNALRL_PRETRAINED_ROOT"
 FILES = ("model.safetensors", "config.json", "controllers.safetensors", "card.md", "card.json")
 MANIFEST_FORMAT = 1
 _NAME = re.compile(r"^[a-z0-9][a-z0-9_.-]{0,63}$")
-
-
-class PretrainedError(RuntimeError):
-    """A shipped model that is unknown, incomplete or corrupt; the message says what to do."""
 
 
 def default_root() -> Path:

@@ -262,7 +262,7 @@ def section_metacontroller(root: Path, figs: Path) -> str:
 def _meta_over_training(m: dict, figs: Path) -> str:
     """Training NLL and KL, and the held-out switch F1 as it trained (runs made before the
     F1 was monitored have only the first)."""
-    from .stages import MONITOR_EPISODES
+    from .pipeline import MONITOR_EPISODES
 
     monitored = any(m.get(label, {}).get("over_training") for label in ("frozen", "cotrained"))
     fig, axes = plt.subplots(1, 1 + monitored, figsize=(5.5 * (1 + monitored), 3.2), layout="constrained",
@@ -325,6 +325,50 @@ def section_rl(root: Path, figs: Path) -> str:
     axes[0].legend(fontsize=7)
     return "<h2>Reinforcement learning</h2>" + _table(rows) + _img(
         _png(fig, figs / "rl.png"), "Success rate of each PPO batch against episodes (one seed each).")
+
+
+def plot_rate_distortion(points: list[dict], path, aligned_f1: float = 0.8) -> None:
+    """The α sweep on the rate–distortion plane: x action NLL, y KL per step (log axis, so
+    that α = 0's tens of nats and the collapsed codes' 1e-4 both show), one line per variant,
+    each point labelled with α and its switch F1, gold stars where F1 ≥ ``aligned_f1``."""
+    floor = 1e-4
+    fig, ax = plt.subplots(figsize=(6.4, 4.4))
+    for label, marker in (("frozen", "o"), ("cotrained", "s")):
+        pts = sorted((p for p in points if p["variant"] == label), key=lambda p: p["alpha"])
+        if not pts:
+            continue
+        x, y = [p["action_nll"] for p in pts], [max(p["kl"], floor) for p in pts]
+        ax.plot(x, y, marker + "-", label=label, alpha=0.7)
+        for p, yy in zip(pts, y):
+            if p["f1"] >= aligned_f1:
+                ax.plot(p["action_nll"], yy, "*", color="gold", ms=16, mec="k", zorder=5)
+            ax.annotate(f"α={p['alpha']:g}, F1 {p['f1']:.2f}", (p["action_nll"], yy), fontsize=6.5,
+                        xytext=(4, 2 if label == "frozen" else -9), textcoords="offset points")
+    ax.plot([], [], "*", color="gold", ms=12, mec="k", label=f"aligned (switch F1 ≥ {aligned_f1})")
+    ax.set_yscale("log")
+    ax.set(xlabel="held-out action NLL (distortion)", ylabel=f"KL per step (rate; floor {floor:g})",
+           title="metacontroller rate–distortion over α")
+    ax.legend(fontsize=8)
+    fig.savefig(path, dpi=120, bbox_inches="tight")
+    plt.close(fig)
+
+
+def plot_experiment(bands: dict[str, tuple[np.ndarray, np.ndarray]], path) -> None:
+    """Fig. 8: for each method, the median success over its runs and the 25–75% band against
+    episodes, on a linear and a log axis. ``bands[method]``: episodes ``(points,)`` and the
+    runs' success ``(runs, points)``."""
+    fig, axes = plt.subplots(1, 2, figsize=(12, 3.8))
+    for method, (x, y) in bands.items():
+        med, lo, hi = np.median(y, 0), np.percentile(y, 25, 0), np.percentile(y, 75, 0)
+        for ax in axes:
+            ax.plot(x, med, label=f"{method} ({len(y)} runs)")
+            ax.fill_between(x, lo, hi, alpha=0.25)
+    axes[0].set(xlabel="episodes", ylabel="success rate", ylim=(-0.02, 1.02), title="median and 25–75% band")
+    axes[1].set(xlabel="episodes (log)", xscale="log", ylim=(-0.02, 1.02), title="log axis")
+    axes[1].xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())  # decades only: minor labels overlap
+    axes[0].legend(fontsize=8)
+    fig.savefig(path, dpi=120, bbox_inches="tight")
+    plt.close(fig)
 
 
 SECTIONS = [("data", section_data), ("base_model", section_base_model), ("eval_base", section_eval_base),

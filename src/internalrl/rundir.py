@@ -34,6 +34,7 @@ except ImportError:  # not POSIX: no lock (the rest still works)
 from . import __version__
 from .atomic import StorageError, describe_os_error, manifest, missing_files, write_json
 from .config import Config, ConfigError, _check_types_and_finite
+from .errors import RunDirError
 
 RUN_FORMAT = 1
 LOCK_FILE = ".lock"
@@ -54,10 +55,6 @@ def _with_timings_last(results: dict, stage: str, headline: dict, timings: dict)
     if timings:
         all_timings[stage] = timings
     return {**out, **({"timings": all_timings} if all_timings else {})}
-
-
-class RunDirError(RuntimeError):
-    """An output folder that cannot be used for this run; the message says what to do."""
 
 
 def _diff(a, b, prefix="") -> list[str]:

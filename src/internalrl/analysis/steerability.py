@@ -292,7 +292,7 @@ def run_steerability(root, sc: SteerabilityConfig, name: str = "steerability", p
 
     from ..envs.tasks import parse_task_set
     from ..rundir import RunDir, RunDirError, stored_config
-    from ..stages import clean_data
+    from ..pipeline import clean_data
     from ..train import load_model, resolve_device, save_weights
 
     root = Path(root)

@@ -10,6 +10,8 @@ from typing import Sequence
 
 import numpy as np
 
+from ..errors import TaskError
+
 Task = tuple[int, ...]
 
 GRID_PRETRAIN_TASKS: tuple[str, ...] = (
@@ -33,10 +35,6 @@ TASK_SETS: dict[str, tuple[str, ...]] = {
     "ant-pretrain": ANT_PRETRAIN_TASKS,
     "ant-posttrain": (ANT_POSTTRAIN_TASK,),
 }
-
-
-class TaskError(ValueError):
-    """A task string that no environment of the given shape can pose."""
 
 
 def parse_task(task: str | Sequence[int], num_colours: int) -> Task:

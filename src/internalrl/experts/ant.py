@@ -766,7 +766,7 @@ def main(argv: Sequence[str] | None = None, prog: str = "python -m internalrl.ex
 if __name__ == "__main__":
     import sys
 
-    from ..cli import USER_ERRORS
+    from ..errors import USER_ERRORS
 
     try:
         main()

@@ -1,5 +1,13 @@
-"""The pipeline's stages. Each is ``(config, run directory) -> artifact folder``; a stage
-whose folder is finished is skipped, so re-running a killed pipeline resumes it."""
+"""The pipeline's stages, in the paper's order. Each is ``(config, run directory) -> artifact
+folder``; a stage whose folder is finished is skipped, so re-running a killed pipeline resumes it.
+
+    stage_data ─► stage_base_model ─► stage_eval_base, stage_probes, stage_controllers
+                         └─► stage_metacontroller ─► run_rl (internal RL; the baselines: raw-action RL,
+                             no-switch, co-trained, CompILE via stage_noswitch_metacontroller, stage_compile)
+
+``internalrl run`` runs them all (:func:`stage_rl_quick` for its RL); experiments over many
+runs (the α sweep, the Fig. 8 matrix) are in :mod:`internalrl.experiments`.
+"""
 from __future__ import annotations
 
 import json
@@ -9,15 +17,15 @@ from pathlib import Path
 
 import numpy as np
 
-from .atomic import write_json
 from .checkpoint import Checkpoint
-from .config import Config, ConfigError
+from .config import Config
 from .data import data_card, expert_reference, generate_grid, load_trajectories, save_trajectories
+from .envs.gridworld import BatchedGridPinpad
+from .envs.tasks import parse_task_set
+from .errors import ConfigError
+from .evaluate import evaluate_policy, rollout_base_model
 from .experts.grid import task_marginal_free_play, task_marginal_reference
 from .metacontroller import cotrained_config
-from .envs.tasks import parse_task_set
-from .envs.gridworld import BatchedGridPinpad
-from .evaluate import evaluate_policy, rollout_base_model
 from .rundir import RunDir
 from .train import evaluate_heldout, load_model, resolve_device, save_model, save_weights, train_base_model
 
@@ -362,84 +370,6 @@ def stage_metacontroller(cfg: Config, run: RunDir, progress: bool = True, meta_s
                       {"headline": headline, **results})
 
 
-PAPER_ALPHAS = (0.0, 0.05, 0.1, 0.17, 0.3, 0.5, 1.0)
-SWEEP_POINT_KEYS = ("action_nll", "kl", "f1", "precision", "recall", "switches_per_episode", "subgoals_per_episode",
-                    "fraction_beta_intermediate", "train_seconds")  # what an α-sweep point keeps of a trained metacontroller
-
-
-def alpha_sweep(cfg: Config, run: RunDir, alphas=PAPER_ALPHAS, cotrained: bool = True, progress: bool = True,
-                aligned_f1: float = 0.8):
-    """Train the metacontroller for every α (frozen, and co-trained if asked) and place each
-    run on the rate–distortion plane (x: action NLL, y: KL). A run is *aligned* when its
-    switch F1 against ground-truth subgoal changes is at least ``aligned_f1``."""
-    from dataclasses import replace
-
-    stage = "alpha_sweep"
-    if run.done(stage):
-        _log(f"{stage}: finished earlier, skipped (delete {run.path(stage)} to redo it)")
-        return run.path(stage)
-    work = run.partial(stage)
-    points = []
-    done_path = work / "points.json"
-    if done_path.exists():  # resume a killed sweep point by point
-        points = json.loads(done_path.read_text())
-    variants = [("frozen", False)] + ([("cotrained", True)] if cotrained else [])
-    for label, co in variants:
-        for alpha in alphas:
-            if any(p["variant"] == label and p["alpha"] == alpha for p in points):
-                continue
-            mc = replace(cfg.metacontroller, alpha=float(alpha))
-            mc = cotrained_config(mc) if co else mc
-            ckpt = Checkpoint(work / f"checkpoint_{label}_alpha{float(alpha)}.pt")
-            res = _train_and_eval_meta(cfg, run, mc, f"{label} alpha={alpha}", progress, checkpoint=ckpt)
-            point = {"variant": label, "alpha": float(alpha), **{k: res[k] for k in SWEEP_POINT_KEYS}}
-            points.append(point)
-            write_json(done_path, points)
-            for f in (ckpt.path, ckpt.prev):  # the point is kept: its training state is no longer needed
-                f.unlink(missing_ok=True)
-            _log(f"{stage}: {label} alpha={alpha}: NLL {point['action_nll']:.3f}, KL {point['kl']:.3f}, F1 {point['f1']:.3f}")
-    plot_rate_distortion(points, work / "rate_distortion.png", aligned_f1)
-    points = sorted(points, key=lambda p: (p["variant"] != "frozen", p["alpha"]))  # the headline lists follow α
-    aligned = sorted(p["alpha"] for p in points if p["variant"] == "frozen" and p["f1"] >= aligned_f1)
-    headline = {"alphas": sorted(alphas), "aligned_alphas_frozen": aligned,
-                "aligned_alphas_cotrained": sorted(p["alpha"] for p in points if p["variant"] == "cotrained" and p["f1"] >= aligned_f1),
-                "f1_frozen": [p["f1"] for p in points if p["variant"] == "frozen"],
-                "f1_cotrained": [p["f1"] for p in points if p["variant"] == "cotrained"]}
-    return run.finish(stage, {"alphas": list(alphas), "metacontroller": asdict(cfg.metacontroller)},
-                      {"headline": headline, "points": points})
-
-
-def plot_rate_distortion(points: list[dict], path, aligned_f1: float = 0.8) -> None:
-    """The α sweep on the rate–distortion plane: x action NLL, y KL per step (log axis, so
-    that α = 0's tens of nats and the collapsed codes' 1e-4 both show), one line per variant,
-    each point labelled with α and its switch F1, gold stars where F1 ≥ ``aligned_f1``."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    floor = 1e-4
-    fig, ax = plt.subplots(figsize=(6.4, 4.4))
-    for label, marker in (("frozen", "o"), ("cotrained", "s")):
-        pts = sorted((p for p in points if p["variant"] == label), key=lambda p: p["alpha"])
-        if not pts:
-            continue
-        x, y = [p["action_nll"] for p in pts], [max(p["kl"], floor) for p in pts]
-        ax.plot(x, y, marker + "-", label=label, alpha=0.7)
-        for p, yy in zip(pts, y):
-            if p["f1"] >= aligned_f1:
-                ax.plot(p["action_nll"], yy, "*", color="gold", ms=16, mec="k", zorder=5)
-            ax.annotate(f"α={p['alpha']:g}, F1 {p['f1']:.2f}", (p["action_nll"], yy), fontsize=6.5,
-                        xytext=(4, 2 if label == "frozen" else -9), textcoords="offset points")
-    ax.plot([], [], "*", color="gold", ms=12, mec="k", label=f"aligned (switch F1 ≥ {aligned_f1})")
-    ax.set_yscale("log")
-    ax.set(xlabel="held-out action NLL (distortion)", ylabel=f"KL per step (rate; floor {floor:g})",
-           title="metacontroller rate–distortion over α")
-    ax.legend(fontsize=8)
-    fig.savefig(path, dpi=120, bbox_inches="tight")
-    plt.close(fig)
-
-
 def _load_weights(module, path, device):
     """``module`` with the safetensors weights at ``path`` (checked against their checksum), on ``device``, in eval mode."""
     from .train import load_weights
@@ -596,65 +526,3 @@ def stage_rl_quick(cfg: Config, run: RunDir, progress: bool = True):
     """The quick pipeline's RL: internal RL and raw-action RL, one seed, the post-training task."""
     for method in ("internal", "raw"):
         run_rl(cfg, run, method, progress=progress)
-
-
-def experiment(cfg: Config, root: Path, base_seeds: int, meta_seeds: int, methods: list[str], task: str | None,
-               progress: bool = True) -> dict:
-    """The Fig. 8 matrix: ``base_seeds`` base models (run directories ``root/base{b}``, seed b)
-    × ``meta_seeds`` metacontroller seeds × ``methods``, every run with the same PPO budget.
-    Writes ``root/experiment.json`` (curves and a table) and ``root/fig8.png``."""
-    from dataclasses import replace
-
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    from .rl.train import METHODS
-
-    for m in methods:
-        if m not in METHODS:
-            raise ConfigError(f"unknown method {m!r}; choose from {', '.join(METHODS)}")
-    root = Path(root)
-    root.mkdir(parents=True, exist_ok=True)
-    curves: dict[str, list] = {m: [] for m in methods}
-    for b in range(base_seeds):
-        bcfg = replace(cfg, seed=cfg.seed + b)
-        run = RunDir(root / f"base{b}", bcfg)
-        stage_data(bcfg, run, progress)
-        stage_base_model(bcfg, run, progress)
-        for ms in range(meta_seeds if any(m != "raw" for m in methods) else 1):
-            for method in methods:
-                if method == "raw" and ms > 0:
-                    continue  # raw-action RL has no metacontroller: one run per base model
-                folder = run_rl(bcfg, run, method, task, meta_seed=ms, progress=progress)
-                m = run.metrics(folder.name, "rl")
-                curves[method].append({"base_seed": b, "meta_seed": ms, "curve": m["curve"]})
-    fig, axes = plt.subplots(1, 2, figsize=(12, 3.8))
-    table = {}
-    for method, runs in curves.items():
-        if not runs:
-            continue
-        n = min(len(r["curve"]) for r in runs)
-        x = np.array([c[0] for c in runs[0]["curve"][:n]])
-        y = np.array([[c[1] for c in r["curve"][:n]] for r in runs])  # (runs, points)
-        med, lo, hi = np.median(y, 0), np.percentile(y, 25, 0), np.percentile(y, 75, 0)
-        for ax in axes:
-            ax.plot(x, med, label=f"{method} ({len(runs)} runs)")
-            ax.fill_between(x, lo, hi, alpha=0.25)
-        final = y[:, -max(1, n // 10):].mean(1)
-        table[method] = {"runs": len(runs), "final_success_median": float(np.median(final)),
-                         "final_success_q25": float(np.percentile(final, 25)),
-                         "final_success_q75": float(np.percentile(final, 75)), "episodes": int(x[-1])}
-    axes[0].set(xlabel="episodes", ylabel="success rate", ylim=(-0.02, 1.02), title="median and 25–75% band")
-    axes[1].set(xlabel="episodes (log)", xscale="log", ylim=(-0.02, 1.02), title="log axis")
-    axes[1].xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())  # decades only: minor labels overlap
-    axes[0].legend(fontsize=8)
-    fig.savefig(root / "fig8.png", dpi=120, bbox_inches="tight")
-    plt.close(fig)
-    out = {"base_seeds": base_seeds, "meta_seeds": meta_seeds, "methods": methods, "table": table, "curves": curves}
-    write_json(root / "experiment.json", out)
-    for method, row in table.items():
-        _log(f"experiment: {method}: final success median {row['final_success_median']:.3f} "
-             f"[{row['final_success_q25']:.3f}, {row['final_success_q75']:.3f}] over {row['runs']} runs")
-    return out
