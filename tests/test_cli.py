@@ -180,7 +180,15 @@ def test_rl_command_runs_each_method_and_refuses_unknown_ones(tmp_path, capsys):
     for method in ("no-switch", "cotrained"):
         assert main(["rl", "--out", str(out), "--method", method, "--task", "0-1", "--episodes", "4", *TINY]) == 0
         assert (out / f"rl_{method}_0-1_4ep" / "DONE").exists()
+        # the trained policy in closed loop: switches against the subgoal changes reached, the codes' content
+        closed = json.loads((out / f"rl_{method}_0-1_4ep" / "metrics.json").read_text())["closed_loop"]
+        assert closed["episodes"] == 8 and 0 <= closed["success_rate"] <= 1
+        assert closed["switching"]["episodes"] == 8 and closed["switching"]["decisions_per_subgoal"] > 0
+        assert 0 <= closed["teacher_forced_f1"] <= 1 and "subgoal" in closed["codes"]
     assert (out / "metacontroller_noswitch" / "DONE").exists()
+    assert "Switching in closed loop" in (out / "report.html").read_text()
+    raw = [p for p in out.glob("rl_raw_*") if (p / "DONE").exists()]
+    assert raw and all("closed_loop" not in json.loads((p / "metrics.json").read_text()) for p in raw)
     capsys.readouterr()
     assert main(["rl", "--out", str(out), "--method", "nope", *TINY]) == 2
     assert "unknown method" in capsys.readouterr().err

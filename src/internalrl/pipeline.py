@@ -455,7 +455,7 @@ def run_rl(cfg: Config, run: RunDir, method: str, task: str | None = None, meta_
     """One RL run of ``method`` on ``task`` (default: the post-training task)."""
     from dataclasses import replace
 
-    from .rl.train import METHODS, train_internal_rl, train_raw_rl
+    from .rl.train import METHODS, evaluate_internal_policy, train_internal_rl, train_raw_rl
 
     if method not in METHODS:
         raise ConfigError(f"unknown method {method!r}; choose one of {', '.join(METHODS)}")
@@ -474,6 +474,7 @@ def run_rl(cfg: Config, run: RunDir, method: str, task: str | None = None, meta_
     base = load_model(run.require("base_model", "train"), device=device)
     work = run.partial(name)
     ckpt = Checkpoint(work / "checkpoint.pt")
+    closed = None  # raw-action RL has no switch and no codes
     if method == "raw":
         policy, curve = train_raw_rl(base, spec, tasks[0], cfg.rl, seed, device, progress, desc=name, checkpoint=ckpt)
         save_model(policy, work, "policy")  # the finetuned base model: load_model(folder, "policy")
@@ -497,13 +498,25 @@ def run_rl(cfg: Config, run: RunDir, method: str, task: str | None = None, meta_
         policy, curve = train_internal_rl(base, meta, layer, spec, tasks[0], cfg.rl, seed, device, progress, desc=name,
                                           checkpoint=ckpt)
         save_weights(policy, work / "policy.safetensors")  # a RecurrentCodePolicy(width, code_dim, rl.policy_hidden)
+        # the trained policy in closed loop: its switches against the subgoal changes reached, and its codes' content
+        closed = evaluate_internal_policy(base, meta, policy, layer, spec, tasks[0], cfg.eval.num_envs, seed + 1,
+                                          device, cfg.rl.threshold)
+        tf = json.loads((folder / "metrics.json").read_text())  # the stage's teacher-forced switch F1
+        key = "cotrained_f1" if method == "cotrained" else "f1"
+        closed["teacher_forced_f1"] = tf["headline"].get(key, tf.get(key))
+        sw = closed["switching"]
+        _log(f"{name}: closed loop on {closed['episodes']} episodes: success {closed['success_rate']:.3f}, switch F1 "
+             f"{sw['f1']:.3f} against the subgoal changes reached, {_fmt(sw['decisions_per_subgoal'])} codes per subgoal")
     final = float(np.mean([c[1] for c in curve[-max(1, len(curve) // 10):]]))
     first_hit = next((c[0] for c in curve if c[1] >= 0.8), None)
     headline = {"method": method, "task": task_str_, "final_success": final, "episodes": curve[-1][0],
                 "episodes_to_0.8": first_hit, "seconds": curve[-1][2]}
+    if closed is not None:
+        headline.update(closed_loop_success=closed["success_rate"], closed_loop_switch_f1=closed["switching"]["f1"],
+                        closed_loop_decisions_per_subgoal=closed["switching"]["decisions_per_subgoal"])
     _log(f"{name}: final success {final:.3f} after {curve[-1][0]} episodes ({curve[-1][2]:.0f} s)")
     return run.finish(name, {"rl": asdict(cfg.rl), "method": method, "task": task_str_, "seed": seed},
-                      {"headline": headline, "curve": curve})
+                      {"headline": headline, "curve": curve, **({"closed_loop": closed} if closed else {})})
 
 
 def _rl_variant(cfg: Config, run: RunDir) -> str:

@@ -198,7 +198,8 @@ def test_code_content_finds_what_the_codes_carry():
     actions = torch.randint(0, 4, (n, t), generator=g)
     codes = torch.nn.functional.one_hot(subgoals, 8).float() + 0.1 * torch.randn(n, t, 8, generator=g)
     decisions = torch.rand(n, t, generator=g) < 0.5
-    out = code_content(codes, decisions, subgoals, actions, num_subgoals=4, num_actions=4)
+    with torch.no_grad():  # as in a rollout's evaluation
+        out = code_content(codes, decisions, subgoals, actions, num_subgoals=4, num_actions=4)
     assert out["decisions"] == int(decisions.sum())
     assert out["subgoal"]["accuracy"] > 0.95  # the codes spell the subgoal
     assert out["direction"]["accuracy"] < 0.5  # and know nothing of the (independent) action

@@ -72,7 +72,8 @@ def code_content(codes: torch.Tensor, decisions: torch.Tensor, subgoals: torch.T
     tr, te = perm[:n_train], perm[n_train:]
     for name, (y, k) in labels.items():
         y = y.long().cpu()
-        probe = fit_probe(x[tr].cpu(), y[tr], k, seed=seed)
+        with torch.enable_grad():  # callers may hold no_grad for the rollout
+            probe = fit_probe(x[tr].cpu(), y[tr], k, seed=seed)
         with torch.no_grad():
             acc = (probe(x[te].cpu()).argmax(-1) == y[te]).float().mean().item()
         out[name] = {"accuracy": acc, "majority_class_rate": torch.bincount(y[te], minlength=k).max().item() / len(te)}

@@ -182,3 +182,20 @@ def train_raw_rl(base: SequenceModel, spec: GridSpec, task: Task, cfg: RLConfig,
     bar.close()
     ckpt.save(it, {"curve": curve, "seen": seen, "seconds": time.perf_counter() - t0})
     return model.eval(), curve
+
+
+@torch.no_grad()
+def evaluate_internal_policy(base: SequenceModel, meta: Metacontroller, policy: RecurrentCodePolicy | None, layer: int,
+                             spec: GridSpec, task: Task, episodes: int, seed: int, device,
+                             threshold: float = 0.5) -> dict:
+    """A trained code policy in closed loop (codes sampled, switch hardened at ``threshold``, raw
+    actions sampled) on ``episodes`` fresh layouts of ``task``: its success rate, its switches
+    against the subgoal changes the episodes reached, and what the codes it chose carry."""
+    from ..analysis.switching import closed_loop_switching, code_content
+
+    env = BatchedGridPinpad(episodes, [task], spec, seed=seed)
+    roll = rollout_internal(base, meta, policy, env, layer, seed, device, threshold=threshold)
+    return {"episodes": episodes, "success_rate": float(roll.returns.mean()),
+            "switching": closed_loop_switching(roll.decisions, roll.subgoals, roll.lengths),
+            "codes": code_content(roll.codes, roll.decisions, roll.subgoals, roll.actions,
+                                  spec.num_subgoals, 4, seed=seed)}
