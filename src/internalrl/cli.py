@@ -8,6 +8,7 @@
     internalrl sweep-alpha --out DIR [--alphas 0,0.1,...]     # after `run`: the rate-distortion figure
     internalrl steerability RUN_DIR [--steps 3200] [--batch-size 512]   # the steerability protocol
     internalrl report --out DIR
+    internalrl diagnose free-play-failures|code-content|code-search RUN_DIR [...]   # analyses of a finished run
     internalrl bench [--preset P] [--envs 1024]
     internalrl config [--preset P] [--set ...]               # print the resolved config
     internalrl pretrained list|eval NAME|export RUN NAME       # shipped models; `run --base-model shipped` uses one
@@ -141,6 +142,7 @@ def _main(argv: list[str]) -> int:
     p.add_argument("--snapshot", type=int, default=None, metavar="STEP",
                    help="measure the base model's training snapshot at this step instead of the final model")
     p.add_argument("--no-progress", action="store_true")
+    _diagnose_arguments(sub)
     p = sub.add_parser("report", help="(re)write report.html of a run directory")
     p.add_argument("--out", required=True)
     p = sub.add_parser("bench", help="throughput benchmarks (env, pretraining, acting)")
@@ -172,6 +174,8 @@ def _dispatch(args) -> int:
         return 0
     if args.command == "pretrained":
         return cli_pretrained.dispatch(args)
+    if args.command == "diagnose":
+        return _diagnose(args)
     if args.command == "report":
         root = Path(args.out)
         if read_run_json(root) is None:
@@ -249,6 +253,59 @@ def _dispatch(args) -> int:
         run.update_results("wall_seconds_last_invocation", {"seconds": elapsed})
         report = write_report(run.root)
         print(f"[internalrl] done in {elapsed / 60:.1f} min; report: {report}; numbers: {run.root / 'results.json'}")
+    return 0
+
+
+def _diagnose_arguments(sub) -> None:
+    from .analysis.diagnose import DIAGNOSES
+
+    p = sub.add_parser("diagnose", help="analyses of a finished run (free-play failures, what the codes carry, code search)",
+                       description="Analyses of a finished run directory; each prints its table (and --json writes it).")
+    names = p.add_subparsers(dest="diagnosis", required=True, metavar="NAME")
+    for name, help_ in DIAGNOSES.items():
+        d = names.add_parser(name, help=help_, description=help_)
+        d.add_argument("run_dir", help="a run directory with finished data and base_model stages"
+                       + ("" if name == "free-play-failures" else " and a metacontroller"))
+        d.add_argument("--json", default=None, metavar="FILE", help="also write the numbers to this file")
+        d.add_argument("--set", dest="overrides", action="append", default=[], metavar="SECTION.FIELD=VALUE",
+                       help="change the run's config as read here, e.g. the layer of a metacontroller trained "
+                            "at another one (repeatable)")
+        if name == "free-play-failures":
+            d.add_argument("--episodes", type=int, default=4096, help="free-play episodes (default 4096)")
+            d.add_argument("--seed", type=int, default=0)
+        else:
+            d.add_argument("--stage", default="metacontroller",
+                           help="the stage folder holding the frozen metacontroller (default metacontroller)")
+        if name == "code-content":
+            d.add_argument("--episodes", type=int, default=4000, help="held-out expert episodes (default 4000)")
+        if name == "code-search":
+            d.add_argument("--task", default="0-1-2-3", help="the task to steer through (default 0-1-2-3)")
+            d.add_argument("--index", default="subgoal", choices=("subgoal", "direction", "both"),
+                           help="what the oracle picks the table's row by (default subgoal)")
+            d.add_argument("--iterations", type=int, default=12, help="search iterations (default 12)")
+            d.add_argument("--population", type=int, default=24, help="code tables per iteration (default 24)")
+            d.add_argument("--episodes", type=int, default=256, help="episodes per table and iteration (default 256)")
+            d.add_argument("--final-episodes", type=int, default=1024, help="fresh episodes for the final score")
+            d.add_argument("--seed", type=int, default=0)
+
+
+def _diagnose(args) -> int:
+    from .analysis import diagnose
+
+    if args.episodes < 1:
+        raise ConfigError("--episodes must be at least 1")
+    if args.diagnosis == "free-play-failures":
+        res = diagnose.free_play_failures(diagnose.load_finished_run(args.run_dir, None, args.overrides), args.episodes,
+                                          args.seed)
+    elif args.diagnosis == "code-content":
+        res = diagnose.code_content(diagnose.load_finished_run(args.run_dir, args.stage, args.overrides), args.episodes)
+    else:
+        res = diagnose.code_search(diagnose.load_finished_run(args.run_dir, args.stage, args.overrides), args.task, args.index,
+                                   args.iterations, args.population, args.episodes, args.final_episodes, args.seed)
+    if args.json:
+        from .atomic import write_json
+
+        write_json(Path(args.json), res)
     return 0
 
 

@@ -1,6 +1,7 @@
+# 2026-11-22. Measured: free play and post-training success of the base model at several sampling temperatures; written up in docs/results/free_play_temperature/.
 """Free play and post-training success of the base model at several sampling temperatures.
 
-    python scripts/diagnostics/free_play_temperature.py RUN_DIR [--temperatures 1,0.8,0.6,0.4,0.2]
+    python docs/experiments/2026-11-22_free_play_temperature.py RUN_DIR [--temperatures 1,0.8,0.6,0.4,0.2]
         [--episodes 4096] [--seed 0] [--set section.field=value ...]
 
 The pipeline samples the action head at temperature 1 (``eval.temperature``). Its free-play
@@ -14,17 +15,20 @@ curve tells the two apart. Same environments and layouts at every temperature (`
 import argparse
 import json
 
-from finished_run import add_run_arguments, load_base_run
+from internalrl.analysis.diagnose import load_finished_run
 from internalrl.envs.tasks import parse_task_set
 from internalrl.evaluate import evaluate_policy
 
 p = argparse.ArgumentParser()
-add_run_arguments(p)
+p.add_argument("run")
+p.add_argument("--stage", default="metacontroller")
+p.add_argument("--set", action="append", default=[], help="changes to the run's config (e.g. the metacontroller's layer)")
 p.add_argument("--temperatures", default="1,0.8,0.6,0.4,0.2")
 p.add_argument("--episodes", type=int, default=4096)
 p.add_argument("--seed", type=int, default=0)
 a = p.parse_args()
-cfg, base, _, _ = load_base_run(a)
+r = load_finished_run(a.run, overrides=a.set)
+cfg, base = r.cfg, r.base
 spec = cfg.env.spec()
 pretrain = parse_task_set(cfg.env.pretrain_tasks, spec.num_objects)
 post = parse_task_set(cfg.env.posttrain_task, spec.num_objects)

@@ -1,7 +1,8 @@
+# 2026-11-21. Measured: per-layer linear probes of the residual for the subgoal, the direction to the next colour and the expert's action; written up in docs/results/code_content/.
 """Which layers of a base model hold the current subgoal, and which the way to walk? Linear
 probes on the residual stream, per layer.
 
-    python scripts/diagnostics/residual_content_diag.py RUN_DIR [--episodes 1500] [--set section.field=value ...]
+    python docs/experiments/2026-11-21_residual_content_diag.py RUN_DIR [--episodes 1500] [--set section.field=value ...]
 
 On held-out expert episodes, every step t is labelled with
 * ``subgoal``: the ground-truth subgoal (A..D), as the pipeline's probes;
@@ -11,21 +12,24 @@ On held-out expert episodes, every step t is labelled with
 A softmax regression per label and layer is fit on 70% of the episodes' steps and scored on
 the rest, next to the majority-class rate. It asks whether the residual at the controlled layer
 carries "which colour next" (what a subgoal code would set) or already "which way" (what the
-metacontroller's codes turn out to carry; `code_content_diag.py`).
+metacontroller's codes turn out to carry; `internalrl diagnose code-content`).
 """
 import argparse
 
 import numpy as np
 import torch
 
-from finished_run import add_run_arguments, compass_direction, linear_probe, load_base_run
+from internalrl.analysis.diagnose import compass_direction, linear_probe, load_finished_run
 from internalrl.data import make_batch
 
 p = argparse.ArgumentParser()
-add_run_arguments(p)
+p.add_argument("run")
+p.add_argument("--stage", default="metacontroller")
+p.add_argument("--set", action="append", default=[], help="changes to the run's config (e.g. the metacontroller's layer)")
 p.add_argument("--episodes", type=int, default=1500)
 a = p.parse_args()
-cfg, base, data, val_idx = load_base_run(a)
+r = load_finished_run(a.run, overrides=a.set)
+cfg, base, data, val_idx = r.cfg, r.base, r.data, r.val_idx
 idx = val_idx[: a.episodes]
 spec = cfg.env.spec()
 

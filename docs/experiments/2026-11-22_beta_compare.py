@@ -1,7 +1,8 @@
+# 2026-11-22. Measured: the switch gate beta over time on the same held-out episodes for two finished metacontrollers; the figure is in docs/results/metacontroller_binarize/.
 """β over time on the same held-out episodes for two finished metacontroller stages (e.g. a
 sigmoid switch and the same base model with the binarizing phase), one row per run.
 
-    python scripts/diagnostics/beta_compare.py RUN_A RUN_B OUT.png [--labels A B] [--episodes 4]
+    python docs/experiments/2026-11-22_beta_compare.py RUN_A RUN_B OUT.png [--labels A B] [--episodes 4]
 
 Each RUN is a run directory with a finished ``metacontroller`` stage; its ``frozen_examples.npz``
 holds β for the first held-out episodes (the same episodes when both runs share the data)."""

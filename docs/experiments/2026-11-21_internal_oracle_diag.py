@@ -1,7 +1,8 @@
+# 2026-11-21. Measured: the internal environment with an oracle giving each subgoal's mean metacontroller code, against prior codes; written up in docs/journal.md (why the codes are not subgoal codes), docs/results/metacontroller_binarize/ and docs/results/metacontroller_layers_0_1/.
 """How good can internal RL get with a finished run's metacontroller? Roll out the internal
 environment with an oracle choosing the codes instead of a policy.
 
-    python scripts/diagnostics/internal_oracle_diag.py RUN_DIR [--stage metacontroller] [--episodes 1024]
+    python docs/experiments/2026-11-21_internal_oracle_diag.py RUN_DIR [--stage metacontroller] [--episodes 1024]
         [--tasks grid-pretrain,0-1-2-3,0-1-2-3-4-5-6-7-0-1-2-3] [--set section.field=value ...]
 
 The oracle's code for subgoal g is the mean code z the frozen metacontroller holds while the
@@ -17,18 +18,21 @@ import argparse
 import numpy as np
 import torch
 
-from finished_run import add_run_arguments, load_run
+from internalrl.analysis.diagnose import load_finished_run
 from internalrl.data import make_batch
 from internalrl.envs.gridworld import BatchedGridPinpad
 from internalrl.envs.tasks import parse_task_set
 from internalrl.rl.internal import rollout_internal
 
 p = argparse.ArgumentParser()
-add_run_arguments(p)
+p.add_argument("run")
+p.add_argument("--stage", default="metacontroller")
+p.add_argument("--set", action="append", default=[], help="changes to the run's config (e.g. the metacontroller's layer)")
 p.add_argument("--episodes", type=int, default=1024)
 p.add_argument("--tasks", default="grid-pretrain,0-1-2-3,0-1-2-3-4-5-6-7-0-1-2-3")
 a = p.parse_args()
-cfg, base, meta, data, val_idx = load_run(a)
+r = load_finished_run(a.run, a.stage, a.set)
+cfg, base, meta, data, val_idx = r.cfg, r.base, r.meta, r.data, r.val_idx
 spec = cfg.env.spec()
 layer = cfg.meta_layer()
 batch = make_batch(data, val_idx[:1000])

@@ -1,6 +1,7 @@
+# 2026-11-21. Measured: the metacontroller's switch metrics while it trains (KL schedules, straight-through switch, learning rates, continuing with a noisy switch); written up in docs/journal.md, docs/results/metacontroller_8000steps/, metacontroller_lr/ and metacontroller_binarize/.
 """Train a metacontroller on a finished run's base model and print its switch metrics as it trains.
 
-    python scripts/diagnostics/metacontroller_diag.py RUN_DIR [--steps 1500] [--alpha 0.17]
+    python docs/experiments/2026-11-21_metacontroller_diag.py RUN_DIR [--steps 1500] [--alpha 0.17]
         [--free 0] [--warmup 0] [--switch sigmoid|gumbel] [--hard] [--lr 1e-3] [--layer 2]
         [--switch-bias 0] [--evals 6] [--temperature 0.5] [--init RUN_DIR/metacontroller/frozen.safetensors]
 

@@ -1,6 +1,7 @@
+# 2026-11-21. Measured: supervised subgoal controllers on a finished run (held-out NLL, where episodes end, per-task controllers, stronger pushes); written up in docs/journal.md (supervised controllers) and docs/results/controllers_upper_bound/.
 """Supervised controllers on a finished run's base model, with held-out NLL and where episodes end.
 
-    python scripts/diagnostics/controllers_diag.py RUN_DIR LAYER STEPS LR RANK [--per-task] [--scales 1,2,3]
+    python docs/experiments/2026-11-21_controllers_diag.py RUN_DIR LAYER STEPS LR RANK [--per-task] [--scales 1,2,3]
         [--train-tasks TASKS] [--train-episodes 30000]
 
 Trains one rank-RANK controller per subgoal (or, with --per-task, one per pretraining task held

@@ -1,7 +1,8 @@
+# 2026-11-22. Measured: a positive control for internal RL: the metacontroller's decoder retrained on subgoal labels; written up in docs/results/subgoal_decoder/.
 """A positive control for internal RL: give the metacontroller a decoder that *does* hold subgoal
 controllers, and see whether internal RL then learns.
 
-    python scripts/diagnostics/subgoal_decoder.py RUN_DIR OUT_DIR [--steps 1000] [--lr 3e-3] [--set ...]
+    python docs/experiments/2026-11-22_subgoal_decoder.py RUN_DIR OUT_DIR [--steps 1000] [--lr 3e-3] [--set ...]
 
 Copies the finished run RUN_DIR to OUT_DIR (the dataset is linked, not copied) and retrains only
 the frozen metacontroller's decoder hypernetwork, supervised the way the subgoal controllers are
@@ -13,7 +14,7 @@ per subgoal at known codes. The code table starts at draws from the N(0, I) prio
 next to the weights (``metacontroller/subgoal_codes.json``).
 
 Then, in OUT_DIR: ``internalrl rl --preset quick --out OUT_DIR --method internal --task TASK``, and
-``internal_code_search.py OUT_DIR --index subgoal --task grid-pretrain`` (should find codes that
+``internalrl diagnose code-search OUT_DIR --index subgoal --task grid-pretrain`` (should find codes that
 steer, which checks the search too).
 """
 import argparse
@@ -25,14 +26,16 @@ from pathlib import Path
 
 import torch
 
-from finished_run import add_run_arguments, load_run
+from internalrl.analysis.diagnose import load_finished_run
 from internalrl.analysis.controllers import controlled_action_nll, freeze, heldout_controlled_nll
 from internalrl.config import ControllerConfig
 from internalrl.data import batch_indices, make_batch
 from internalrl.train import lr_at, save_weights
 
 p = argparse.ArgumentParser()
-add_run_arguments(p)
+p.add_argument("run")
+p.add_argument("--stage", default="metacontroller")
+p.add_argument("--set", action="append", default=[], help="changes to the run's config (e.g. the metacontroller's layer)")
 p.add_argument("out")
 p.add_argument("--steps", type=int, default=1000)
 p.add_argument("--lr", type=float, default=3e-3)
@@ -42,7 +45,8 @@ a = p.parse_args()
 out = Path(a.out)
 if out.exists():
     raise SystemExit(f"{out} exists; choose a new OUT_DIR")
-cfg, base, meta, data, val_idx = load_run(a)
+r = load_finished_run(a.run, a.stage, a.set)
+cfg, base, meta, data, val_idx = r.cfg, r.base, r.meta, r.data, r.val_idx
 freeze(base)
 spec = cfg.env.spec()
 layer = cfg.meta_layer()

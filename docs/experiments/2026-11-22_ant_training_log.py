@@ -1,6 +1,7 @@
+# 2026-11-22. Measured: how an ant-expert training run's episodes ended, in windows of environment steps; used in docs/ant.md.
 """How an ant-expert training run's episodes ended, in windows of environment steps.
 
-    python scripts/diagnostics/ant_training_log.py RUN.metrics.jsonl [--window 2000000]
+    python docs/experiments/2026-11-22_ant_training_log.py RUN.metrics.jsonl [--window 2000000]
 
 Reads the ``.metrics.jsonl`` that ``python -m internalrl.experts.ant train`` writes (one line per
 logged PPO update: statistics of the episodes that ended during it) and prints, per window, the

@@ -1,8 +1,9 @@
+# 2026-11-22. Measured: linear subgoal controllers trained on the post-training task itself, and on their own rollouts (DAgger): an upper bound on what the supervised controllers can reach; written up in docs/results/controllers_upper_bound/.
 """Can linear subgoal controllers steer a finished run's base model through the post-training task
 when they are trained on that task, even on their own rollouts? An upper bound on what the
 supervised controllers of SPEC §4 could reach on this base model (not the paper's protocol).
 
-    python scripts/diagnostics/controllers_dagger_diag.py RUN_DIR [--layer 2] [--rank 16]
+    python docs/experiments/2026-11-22_controllers_dagger_diag.py RUN_DIR [--layer 2] [--rank 16]
         [--start post|pre] [--start-steps 1000] [--rounds 4] [--collect 8192] [--steps 500]
 
 1. Train one controller per subgoal (rank --rank, at --layer) as the pipeline's controllers stage
