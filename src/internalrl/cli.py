@@ -1,6 +1,6 @@
 """Command line: one subcommand per stage, and ``run`` for the whole pipeline.
 
-    internalrl run --preset quick --out runs/quick          # the whole gridworld pipeline
+    internalrl run --preset quick --out runs/quick [--tensorboard]   # the whole gridworld pipeline
     internalrl data|train|evaluate|probe|controllers|metacontroller --out DIR [--preset P] [--seed N] [--set section.field=value ...]
       (on an existing run, every command uses the config in its run.json; --set may change only rl.*)
     internalrl rl --out DIR --method internal|raw|no-switch|cotrained|compile [--task 0-1-2-3] [--episodes N]
@@ -38,6 +38,12 @@ def _common(p: argparse.ArgumentParser, out: bool = True) -> None:
     if out:
         p.add_argument("--out", default=None, help="run directory (default runs/<preset>-seed<seed>)")
         p.add_argument("--no-progress", action="store_true", help="no progress bars")
+
+
+def _tensorboard_argument(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--tensorboard", action="store_true",
+                   help="also write TensorBoard scalars of the training stages to OUT/tensorboard/ "
+                        "(needs: pip install 'internalrl[tensorboard]')")
 
 
 def _config(args):
@@ -95,6 +101,8 @@ def _main(argv: list[str]) -> int:
                         ("metacontroller", "train the metacontroller (frozen base, and co-trained beside it)")]:
         p = sub.add_parser(name, help=help_)
         _common(p)
+        if name in ("run", "train", "metacontroller"):
+            _tensorboard_argument(p)
         if name == "train":
             p.add_argument("--checkpoint-file", default=None, metavar="FILE",
                            help="accumulate the training across sessions in this one safetensors file: start from it "
@@ -106,6 +114,7 @@ def _main(argv: list[str]) -> int:
     p.add_argument("--method", default="internal", help="internal | raw | no-switch | cotrained | compile (default internal)")
     p.add_argument("--task", default=None, help="task string, e.g. 0-1-2-3 (default: the post-training task)")
     p.add_argument("--episodes", type=int, default=None, help="episode budget (default: rl.episodes)")
+    _tensorboard_argument(p)
     p = sub.add_parser("experiment", help="Fig. 8: base-model seeds x metacontroller seeds x methods")
     _common(p, out=False)
     p.add_argument("--out", required=True, help="experiment folder (one run directory per base seed inside)")
@@ -118,6 +127,7 @@ def _main(argv: list[str]) -> int:
     _common(p)
     p.add_argument("--alphas", default="0,0.05,0.1,0.17,0.3,0.5,1", help="comma-separated α values (default: the paper's)")
     p.add_argument("--no-cotrained", action="store_true", help="skip the co-trained variant")
+    _tensorboard_argument(p)
     p = sub.add_parser("ant-data", help="ant-pinpad datasets D (sampled actions) and D* (mean actions)")
     p.add_argument("--out", required=True, help="folder; gets data/ (D) and data_clean/ (D*)")
     p.add_argument("--episodes", type=int, default=1000, help="successful episodes per dataset (default 1000)")
@@ -203,8 +213,13 @@ def _dispatch(args) -> int:
                           progress=not args.no_progress)
         print(Path(args.out) / "fig8.png")
         return 0
+    if getattr(args, "tensorboard", False):
+        from .scalars import require_tensorboard
+
+        require_tensorboard()  # before anything is written
     cfg, source = cli_pretrained.run_dir_setup(args, cfg)  # --base-model shipped|train
     run = _run_dir(args, cfg)
+    run.tensorboard = getattr(args, "tensorboard", False)
     cli_pretrained.record(run, source)
     progress = not args.no_progress
     if args.command == "rl":
