@@ -80,12 +80,10 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _ant_expert(argv: list[str]) -> int:
+    """The ant expert's own command line; --help and usage errors exit as every other command's do."""
     from .experts.ant import main as ant_main
 
-    try:
-        ant_main(argv, prog="internalrl ant-expert")
-    except SystemExit as e:  # argparse: --help (0) or a usage error (2)
-        return e.code if isinstance(e.code, int) else 2
+    ant_main(argv, prog="internalrl ant-expert")
     return 0
 
 
@@ -168,7 +166,7 @@ def _main(argv: list[str]) -> int:
 
 def _dispatch(args) -> int:
     from . import experiments, pipeline
-    from .report import write_report
+    from .report import headline_lines, write_report
 
     if args.command == "ant-data":
         return _ant_data(args)
@@ -267,7 +265,10 @@ def _dispatch(args) -> int:
         elapsed = time.perf_counter() - t0
         run.update_results("wall_seconds_last_invocation", {"seconds": elapsed})
         report = write_report(run.root)
-        print(f"[internalrl] done in {elapsed / 60:.1f} min; report: {report}; numbers: {run.root / 'results.json'}")
+        print(f"[internalrl] done in {elapsed / 60:.1f} min", flush=True)
+        for line in headline_lines(run.results()):
+            print(f"  {line}")
+        print(f"[internalrl] report: {report}; every number: {run.root / 'results.json'}")
     return 0
 
 
