@@ -173,6 +173,9 @@ def test_runs_record_their_provenance_and_keep_timings_apart(trained):
     assert not any(k.endswith("seconds") for stage, v in results.items() if stage != "timings" for k in v)
 
 
-def test_ant_expert_help_exits_zero(capsys):
-    assert main(["ant-expert", "--help"]) == 0
-    assert "usage: internalrl ant-expert" in capsys.readouterr().out
+def test_ant_expert_subcommand_help_exits_zero_like_every_command(capsys):
+    for argv in (["ant-expert", "train", "--help"], ["ant-expert", "eval", "--help"]):
+        with pytest.raises(SystemExit) as e:
+            main(argv)
+        assert e.value.code == 0
+        assert capsys.readouterr().out.startswith(f"usage: internalrl ant-expert {argv[1]}")

@@ -34,8 +34,13 @@ def test_run_writes_results_and_report_then_skips_finished_stages(tmp_path, caps
     # switch metrics while it trained (every step of 3 here), the last on the same held-out episodes as the final one
     assert [r["step"] for r in meta["over_training"]] == [1, 2, 3]
     assert meta["over_training"][-1]["f1"] == meta["f1"] and meta["over_training"][-1]["kl"] == meta["kl"]
+    report = (out / "report.html").read_text()
+    assert "held-out next-action accuracy" in report and "free play: a pretraining task completed" in report
+    assert "heldout_action_accuracy" not in report and "at never" not in report and "<td>n/a</td>" not in report
+    assert "success 0.8 not reached" in report or "success 0.8 first reached after" in report
+    printed = capsys.readouterr().out  # the headline numbers, not only where the report is
+    assert "free play:" in printed and "switch F1" in printed and "RL internal on" in printed and "report:" in printed
     weights = (out / "base_model" / "model.safetensors").read_bytes()
-    capsys.readouterr()
     assert main(["run", "--out", str(out), *TINY]) == 0
     assert capsys.readouterr().out.count("finished earlier, skipped") == 8
     assert (out / "base_model" / "model.safetensors").read_bytes() == weights
@@ -229,3 +234,15 @@ def test_experiment_matrix_writes_fig8_and_table(tmp_path):
     assert (out / "fig8.png").stat().st_size > 1000
     assert (out / "base1" / "metacontroller_m1" / "DONE").exists()
     assert main([*args[:-1], "--methods", "internal,nope", "--no-progress"]) == 2
+
+
+COMMANDS = ["run", "data", "train", "evaluate", "probe", "controllers", "metacontroller", "rl", "experiment",
+            "sweep-alpha", "ant-data", "ant-expert", "steerability", "diagnose", "report", "bench", "config", "pretrained"]
+
+
+@pytest.mark.parametrize("command", COMMANDS)
+def test_every_command_has_help(command, capsys):
+    with pytest.raises(SystemExit) as e:
+        main([command, "--help"])
+    assert e.value.code == 0
+    assert capsys.readouterr().out.startswith(f"usage: internalrl {command}")

@@ -85,3 +85,13 @@ def test_errors_imports_nothing_of_the_package_and_every_layer_raises_its_classe
     for cls in (StorageError, ConfigError, TaskError, CheckpointError):
         assert issubclass(cls, errors.USER_ERRORS)
     assert issubclass(errors.ConfigError, ValueError) and issubclass(errors.TrainingDiverged, errors.CheckpointError)
+
+
+def test_import_internalrl_registers_the_gymnasium_ids():
+    import subprocess
+    import sys
+
+    code = ("import gymnasium, internalrl; ids = [k for k in gymnasium.registry if k.startswith('internalrl/')]; "
+            "env = gymnasium.make('internalrl/GridPinpad-v0'); env.reset(seed=0); print(sorted(ids))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "['internalrl/AntPinpad-v0', 'internalrl/GridPinpad-v0']"

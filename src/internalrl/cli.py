@@ -1,6 +1,6 @@
 """Command line: one subcommand per stage, and ``run`` for the whole pipeline.
 
-    internalrl run --preset quick --out runs/quick          # the whole gridworld pipeline
+    internalrl run --preset quick --out runs/quick [--tensorboard]   # the whole gridworld pipeline
     internalrl data|train|evaluate|probe|controllers|metacontroller --out DIR [--preset P] [--seed N] [--set section.field=value ...]
       (on an existing run, every command uses the config in its run.json; --set may change only rl.*)
     internalrl rl --out DIR --method internal|raw|no-switch|cotrained|compile [--task 0-1-2-3] [--episodes N]
@@ -8,6 +8,7 @@
     internalrl sweep-alpha --out DIR [--alphas 0,0.1,...]     # after `run`: the rate-distortion figure
     internalrl steerability RUN_DIR [--steps 3200] [--batch-size 512]   # the steerability protocol
     internalrl report --out DIR
+    internalrl diagnose free-play-failures|code-content|code-search RUN_DIR [...]   # analyses of a finished run
     internalrl bench [--preset P] [--envs 1024]
     internalrl config [--preset P] [--set ...]               # print the resolved config
     internalrl pretrained list|eval NAME|export RUN NAME       # shipped models; `run --base-model shipped` uses one
@@ -37,6 +38,12 @@ def _common(p: argparse.ArgumentParser, out: bool = True) -> None:
     if out:
         p.add_argument("--out", default=None, help="run directory (default runs/<preset>-seed<seed>)")
         p.add_argument("--no-progress", action="store_true", help="no progress bars")
+
+
+def _tensorboard_argument(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--tensorboard", action="store_true",
+                   help="also write TensorBoard scalars of the training stages to OUT/tensorboard/ "
+                        "(needs: pip install 'internalrl[tensorboard]')")
 
 
 def _config(args):
@@ -73,12 +80,10 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _ant_expert(argv: list[str]) -> int:
+    """The ant expert's own command line; --help and usage errors exit as every other command's do."""
     from .experts.ant import main as ant_main
 
-    try:
-        ant_main(argv, prog="internalrl ant-expert")
-    except SystemExit as e:  # argparse: --help (0) or a usage error (2)
-        return e.code if isinstance(e.code, int) else 2
+    ant_main(argv, prog="internalrl ant-expert")
     return 0
 
 
@@ -94,6 +99,8 @@ def _main(argv: list[str]) -> int:
                         ("metacontroller", "train the metacontroller (frozen base, and co-trained beside it)")]:
         p = sub.add_parser(name, help=help_)
         _common(p)
+        if name in ("run", "train", "metacontroller"):
+            _tensorboard_argument(p)
         if name == "train":
             p.add_argument("--checkpoint-file", default=None, metavar="FILE",
                            help="accumulate the training across sessions in this one safetensors file: start from it "
@@ -105,6 +112,7 @@ def _main(argv: list[str]) -> int:
     p.add_argument("--method", default="internal", help="internal | raw | no-switch | cotrained | compile (default internal)")
     p.add_argument("--task", default=None, help="task string, e.g. 0-1-2-3 (default: the post-training task)")
     p.add_argument("--episodes", type=int, default=None, help="episode budget (default: rl.episodes)")
+    _tensorboard_argument(p)
     p = sub.add_parser("experiment", help="Fig. 8: base-model seeds x metacontroller seeds x methods")
     _common(p, out=False)
     p.add_argument("--out", required=True, help="experiment folder (one run directory per base seed inside)")
@@ -117,6 +125,7 @@ def _main(argv: list[str]) -> int:
     _common(p)
     p.add_argument("--alphas", default="0,0.05,0.1,0.17,0.3,0.5,1", help="comma-separated α values (default: the paper's)")
     p.add_argument("--no-cotrained", action="store_true", help="skip the co-trained variant")
+    _tensorboard_argument(p)
     p = sub.add_parser("ant-data", help="ant-pinpad datasets D (sampled actions) and D* (mean actions)")
     p.add_argument("--out", required=True, help="folder; gets data/ (D) and data_clean/ (D*)")
     p.add_argument("--episodes", type=int, default=1000, help="successful episodes per dataset (default 1000)")
@@ -141,6 +150,7 @@ def _main(argv: list[str]) -> int:
     p.add_argument("--snapshot", type=int, default=None, metavar="STEP",
                    help="measure the base model's training snapshot at this step instead of the final model")
     p.add_argument("--no-progress", action="store_true")
+    _diagnose_arguments(sub)
     p = sub.add_parser("report", help="(re)write report.html of a run directory")
     p.add_argument("--out", required=True)
     p = sub.add_parser("bench", help="throughput benchmarks (env, pretraining, acting)")
@@ -156,7 +166,7 @@ def _main(argv: list[str]) -> int:
 
 def _dispatch(args) -> int:
     from . import experiments, pipeline
-    from .report import write_report
+    from .report import headline_lines, write_report
 
     if args.command == "ant-data":
         return _ant_data(args)
@@ -172,6 +182,8 @@ def _dispatch(args) -> int:
         return 0
     if args.command == "pretrained":
         return cli_pretrained.dispatch(args)
+    if args.command == "diagnose":
+        return _diagnose(args)
     if args.command == "report":
         root = Path(args.out)
         if read_run_json(root) is None:
@@ -199,8 +211,13 @@ def _dispatch(args) -> int:
                           progress=not args.no_progress)
         print(Path(args.out) / "fig8.png")
         return 0
+    if getattr(args, "tensorboard", False):
+        from .scalars import require_tensorboard
+
+        require_tensorboard()  # before anything is written
     cfg, source = cli_pretrained.run_dir_setup(args, cfg)  # --base-model shipped|train
     run = _run_dir(args, cfg)
+    run.tensorboard = getattr(args, "tensorboard", False)
     cli_pretrained.record(run, source)
     progress = not args.no_progress
     if args.command == "rl":
@@ -248,7 +265,63 @@ def _dispatch(args) -> int:
         elapsed = time.perf_counter() - t0
         run.update_results("wall_seconds_last_invocation", {"seconds": elapsed})
         report = write_report(run.root)
-        print(f"[internalrl] done in {elapsed / 60:.1f} min; report: {report}; numbers: {run.root / 'results.json'}")
+        print(f"[internalrl] done in {elapsed / 60:.1f} min", flush=True)
+        for line in headline_lines(run.results()):
+            print(f"  {line}")
+        print(f"[internalrl] report: {report}; every number: {run.root / 'results.json'}")
+    return 0
+
+
+def _diagnose_arguments(sub) -> None:
+    from .analysis.diagnose import DIAGNOSES
+
+    p = sub.add_parser("diagnose", help="analyses of a finished run (free-play failures, what the codes carry, code search)",
+                       description="Analyses of a finished run directory; each prints its table (and --json writes it).")
+    names = p.add_subparsers(dest="diagnosis", required=True, metavar="NAME")
+    for name, help_ in DIAGNOSES.items():
+        d = names.add_parser(name, help=help_, description=help_)
+        d.add_argument("run_dir", help="a run directory with finished data and base_model stages"
+                       + ("" if name == "free-play-failures" else " and a metacontroller"))
+        d.add_argument("--json", default=None, metavar="FILE", help="also write the numbers to this file")
+        d.add_argument("--set", dest="overrides", action="append", default=[], metavar="SECTION.FIELD=VALUE",
+                       help="change the run's config as read here, e.g. the layer of a metacontroller trained "
+                            "at another one (repeatable)")
+        if name == "free-play-failures":
+            d.add_argument("--episodes", type=int, default=4096, help="free-play episodes (default 4096)")
+            d.add_argument("--seed", type=int, default=0)
+        else:
+            d.add_argument("--stage", default="metacontroller",
+                           help="the stage folder holding the frozen metacontroller (default metacontroller)")
+        if name == "code-content":
+            d.add_argument("--episodes", type=int, default=4000, help="held-out expert episodes (default 4000)")
+        if name == "code-search":
+            d.add_argument("--task", default="0-1-2-3", help="the task to steer through (default 0-1-2-3)")
+            d.add_argument("--index", default="subgoal", choices=("subgoal", "direction", "both"),
+                           help="what the oracle picks the table's row by (default subgoal)")
+            d.add_argument("--iterations", type=int, default=12, help="search iterations (default 12)")
+            d.add_argument("--population", type=int, default=24, help="code tables per iteration (default 24)")
+            d.add_argument("--episodes", type=int, default=256, help="episodes per table and iteration (default 256)")
+            d.add_argument("--final-episodes", type=int, default=1024, help="fresh episodes for the final score")
+            d.add_argument("--seed", type=int, default=0)
+
+
+def _diagnose(args) -> int:
+    from .analysis import diagnose
+
+    if args.episodes < 1:
+        raise ConfigError("--episodes must be at least 1")
+    if args.diagnosis == "free-play-failures":
+        res = diagnose.free_play_failures(diagnose.load_finished_run(args.run_dir, None, args.overrides), args.episodes,
+                                          args.seed)
+    elif args.diagnosis == "code-content":
+        res = diagnose.code_content(diagnose.load_finished_run(args.run_dir, args.stage, args.overrides), args.episodes)
+    else:
+        res = diagnose.code_search(diagnose.load_finished_run(args.run_dir, args.stage, args.overrides), args.task, args.index,
+                                   args.iterations, args.population, args.episodes, args.final_episodes, args.seed)
+    if args.json:
+        from .atomic import write_json
+
+        write_json(Path(args.json), res)
     return 0
 
 

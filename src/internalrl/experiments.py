@@ -16,6 +16,7 @@ from .errors import ConfigError
 from .metacontroller import cotrained_config
 from .pipeline import _log, _train_and_eval_meta, run_rl, stage_base_model, stage_data
 from .rundir import RunDir
+from .scalars import stage_scalars
 
 
 PAPER_ALPHAS = (0.0, 0.05, 0.1, 0.17, 0.3, 0.5, 1.0)
@@ -42,6 +43,7 @@ def alpha_sweep(cfg: Config, run: RunDir, alphas=PAPER_ALPHAS, cotrained: bool =
     if done_path.exists():  # resume a killed sweep point by point
         points = json.loads(done_path.read_text())
     variants = [("frozen", False)] + ([("cotrained", True)] if cotrained else [])
+    scalars = stage_scalars(run, stage)
     for label, co in variants:
         for alpha in alphas:
             if any(p["variant"] == label and p["alpha"] == alpha for p in points):
@@ -49,13 +51,16 @@ def alpha_sweep(cfg: Config, run: RunDir, alphas=PAPER_ALPHAS, cotrained: bool =
             mc = replace(cfg.metacontroller, alpha=float(alpha))
             mc = cotrained_config(mc) if co else mc
             ckpt = Checkpoint(work / f"checkpoint_{label}_alpha{float(alpha)}.pt")
-            res = _train_and_eval_meta(cfg, run, mc, f"{label} alpha={alpha}", progress, checkpoint=ckpt)
+            res = _train_and_eval_meta(cfg, run, mc, f"{label} alpha={alpha}", progress, checkpoint=ckpt,
+                                       scalars=scalars and scalars.prefixed(f"{label}_alpha{float(alpha):g}"))
             point = {"variant": label, "alpha": float(alpha), **{k: res[k] for k in SWEEP_POINT_KEYS}}
             points.append(point)
             write_json(done_path, points)
             for f in (ckpt.path, ckpt.prev):  # the point is kept: its training state is no longer needed
                 f.unlink(missing_ok=True)
             _log(f"{stage}: {label} alpha={alpha}: NLL {point['action_nll']:.3f}, KL {point['kl']:.3f}, F1 {point['f1']:.3f}")
+    if scalars is not None:
+        scalars.close()
     plot_rate_distortion(points, work / "rate_distortion.png", aligned_f1)
     points = sorted(points, key=lambda p: (p["variant"] != "frozen", p["alpha"]))  # the headline lists follow α
     aligned = sorted(p["alpha"] for p in points if p["variant"] == "frozen" and p["f1"] >= aligned_f1)

@@ -283,14 +283,15 @@ def binarize_start(cfg: MetacontrollerConfig) -> int:
 
 def train_metacontroller(base, data, train_idx, cfg: MetacontrollerConfig, layer: int, seed: int, device,
                          progress: bool = True, desc: str = "metacontroller", monitor=None, monitor_every: int = 0,
-                         checkpoint=None):
+                         checkpoint=None, scalars=None):
     """Train on expert data with the base model frozen (or jointly, with ``cfg.cotrain``).
     Returns the metacontroller and a curve of (step, action NLL, KL). With ``monitor`` (a
     function of the metacontroller returning a dict of numbers, e.g. held-out switch metrics),
     it is also called every ``monitor_every`` steps and after the last, and each call's
     ``{"step": …, **monitor(meta)}`` is appended to ``meta.monitored``. Monitoring draws on no
     random stream of the training, so the trained weights are the same with or without it.
-    ``checkpoint`` (a :class:`~internalrl.checkpoint.Checkpoint`) makes a killed run resume."""
+    ``checkpoint`` (a :class:`~internalrl.checkpoint.Checkpoint`) makes a killed run resume.
+    ``scalars(step, values)`` (:mod:`internalrl.scalars`) gets the curve's points and the monitored ones."""
     from tqdm.auto import tqdm
 
     from .checkpoint import Checkpoint
@@ -324,8 +325,13 @@ def train_metacontroller(base, data, train_idx, cfg: MetacontrollerConfig, layer
         opt.step()
         if step % 25 == 0 or step == cfg.steps - 1:
             curve.append((step, float(res["action_nll"].detach()), float(res["kl"].detach())))
+            if scalars is not None:
+                scalars(step, {"action_nll": curve[-1][1], "kl": curve[-1][2], "kl_weight": kl_weight(cfg, step)})
         if monitor is not None and ((monitor_every > 0 and (step + 1) % monitor_every == 0) or step == cfg.steps - 1):
             monitored.append({"step": step + 1, **monitor(meta)})
+            if scalars is not None:
+                scalars(step + 1, {f"heldout_{'switch_' if k in ('f1', 'precision', 'recall') else ''}{k}": v
+                                   for k, v in monitored[-1].items() if k != "step"})
             meta.train()
             base.train(cfg.cotrain)
         ckpt.maybe_save(step + 1, cfg.steps, lambda: {"curve": curve, "monitored": monitored})

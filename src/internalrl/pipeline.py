@@ -27,6 +27,7 @@ from .evaluate import evaluate_policy, rollout_base_model
 from .experts.grid import task_marginal_free_play, task_marginal_reference
 from .metacontroller import cotrained_config
 from .rundir import RunDir
+from .scalars import base_model_row, stage_scalars
 from .train import evaluate_heldout, load_model, resolve_device, save_model, save_weights, train_base_model
 
 
@@ -93,8 +94,14 @@ def stage_base_model(cfg: Config, run: RunDir, progress: bool = True, init_from:
             step = load_portable(Path(checkpoint_file), work, cfg)
             _log(f"base_model: continuing from {checkpoint_file} at step {step} of {cfg.train.steps}")
     export = (lambda: save_portable(work, Path(checkpoint_file), cfg)) if checkpoint_file else None
-    model, info = train_base_model(cfg, data, work, progress=progress, init_from=init_from, on_checkpoint=export,
-                                   stop_after_seconds=None if minutes is None else 60 * minutes)
+    scalars = stage_scalars(run, "base_model")
+    try:
+        model, info = train_base_model(cfg, data, work, progress=progress, init_from=init_from, on_checkpoint=export,
+                                       stop_after_seconds=None if minutes is None else 60 * minutes,
+                                       scalars=base_model_row(scalars))
+    finally:
+        if scalars is not None:
+            scalars.close()
     if model is None:
         _log(f"base_model: stopped at step {info['stopped_at']} of {cfg.train.steps} after {minutes} min "
              f"({info['train_seconds'] / 3600:.2f} h of training so far); "
@@ -304,7 +311,7 @@ MONITOR_EPISODES = 256  # on this many held-out episodes (the final evaluation u
 
 
 def _train_and_eval_meta(cfg: Config, run: RunDir, mc, label: str, progress: bool, save_to=None,
-                         meta_seed: int = 0, checkpoint: Checkpoint | None = None) -> dict:
+                         meta_seed: int = 0, checkpoint: Checkpoint | None = None, scalars=None) -> dict:
     from .metacontroller import binarize_start, evaluate_metacontroller, train_metacontroller
 
     device = resolve_device(cfg.train.device)
@@ -321,7 +328,8 @@ def _train_and_eval_meta(cfg: Config, run: RunDir, mc, label: str, progress: boo
 
     every = max(1, mc.steps // MONITOR_POINTS)
     meta, curve = train_metacontroller(base, data, train_idx, mc, layer, cfg.seed + 3000 + 101 * meta_seed, device,
-                                       progress, desc=label, monitor=monitor, monitor_every=every, checkpoint=checkpoint)
+                                       progress, desc=label, monitor=monitor, monitor_every=every, checkpoint=checkpoint,
+                                       scalars=scalars)
     res = evaluate_metacontroller(base, meta, data, val_idx[:1000], layer, device, seed=cfg.seed)
     res["train_seconds"] = time.perf_counter() - t0
     res["curve"] = curve
@@ -348,9 +356,11 @@ def stage_metacontroller(cfg: Config, run: RunDir, progress: bool = True, meta_s
     work = run.partial(stage)
     t0 = time.perf_counter()
     results = {}
+    scalars = stage_scalars(run, stage)
     for label, mc in (("frozen", cfg.metacontroller), ("cotrained", cotrained_config(cfg.metacontroller))):
         res = _train_and_eval_meta(cfg, run, mc, label, progress, save_to=work, meta_seed=meta_seed,
-                                   checkpoint=Checkpoint(work / f"checkpoint_{label}.pt"))
+                                   checkpoint=Checkpoint(work / f"checkpoint_{label}.pt"),
+                                   scalars=scalars and scalars.prefixed(label))
         np.savez(work / f"{label}_examples.npz", gates=res.pop("gates")[:8].numpy(),
                  subgoals=res.pop("subgoals")[:8].numpy(), mask=res.pop("mask")[:8].numpy())
         results[label] = res
@@ -360,6 +370,8 @@ def stage_metacontroller(cfg: Config, run: RunDir, progress: bool = True, meta_s
              f"NLL {res['action_nll']:.3f}, KL {res['kl']:.3f}")
     keys = ("f1", "precision", "recall", "switches_per_episode", "subgoals_per_episode", "fraction_beta_intermediate",
             "action_nll", "kl", "train_seconds")
+    if scalars is not None:
+        scalars.close()
     aligned_at = next((r["step"] for r in results["frozen"]["over_training"] if r["f1"] >= 0.9), None)
     _log(f"metacontroller (frozen): held-out switch F1 first >= 0.9 at step {aligned_at or 'never'} "
          f"(checked every {results['frozen']['monitor_every']} steps)")
@@ -396,8 +408,12 @@ def stage_noswitch_metacontroller(cfg: Config, run: RunDir, progress: bool = Tru
         return run.path(stage)
     work = run.partial(stage)
     mc = replace(cfg.metacontroller, switch="always")
+    scalars = stage_scalars(run, stage)
     res = _train_and_eval_meta(cfg, run, mc, "noswitch", progress, save_to=work, meta_seed=meta_seed,
-                               checkpoint=Checkpoint(work / "checkpoint_noswitch.pt"))
+                               checkpoint=Checkpoint(work / "checkpoint_noswitch.pt"),
+                               scalars=scalars and scalars.prefixed("noswitch"))
+    if scalars is not None:
+        scalars.close()
     for k in ("gates", "subgoals", "mask"):
         res.pop(k)
     headline = {k: res[k] for k in ("action_nll", "kl", "train_seconds")}
@@ -475,8 +491,11 @@ def run_rl(cfg: Config, run: RunDir, method: str, task: str | None = None, meta_
     work = run.partial(name)
     ckpt = Checkpoint(work / "checkpoint.pt")
     closed = None  # raw-action RL has no switch and no codes
+    scalars = stage_scalars(run, name)
+    log = scalars and scalars.prefixed("rl")
     if method == "raw":
-        policy, curve = train_raw_rl(base, spec, tasks[0], cfg.rl, seed, device, progress, desc=name, checkpoint=ckpt)
+        policy, curve = train_raw_rl(base, spec, tasks[0], cfg.rl, seed, device, progress, desc=name, checkpoint=ckpt,
+                                     scalars=log)
         save_model(policy, work, "policy")  # the finetuned base model: load_model(folder, "policy")
     else:
         def needed(stage: str, build) -> Path:  # a finished stage is reused quietly, a missing one trained now
@@ -496,7 +515,7 @@ def run_rl(cfg: Config, run: RunDir, method: str, task: str | None = None, meta_
             if method == "cotrained":
                 base = _load_cotrained_base(folder, base, device)
         policy, curve = train_internal_rl(base, meta, layer, spec, tasks[0], cfg.rl, seed, device, progress, desc=name,
-                                          checkpoint=ckpt)
+                                          checkpoint=ckpt, scalars=log)
         save_weights(policy, work / "policy.safetensors")  # a RecurrentCodePolicy(width, code_dim, rl.policy_hidden)
         # the trained policy in closed loop: its switches against the subgoal changes reached, and its codes' content
         closed = evaluate_internal_policy(base, meta, policy, layer, spec, tasks[0], cfg.eval.num_envs, seed + 1,
@@ -507,6 +526,8 @@ def run_rl(cfg: Config, run: RunDir, method: str, task: str | None = None, meta_
         sw = closed["switching"]
         _log(f"{name}: closed loop on {closed['episodes']} episodes: success {closed['success_rate']:.3f}, switch F1 "
              f"{sw['f1']:.3f} against the subgoal changes reached, {_fmt(sw['decisions_per_subgoal'])} codes per subgoal")
+    if scalars is not None:
+        scalars.close()
     final = float(np.mean([c[1] for c in curve[-max(1, len(curve) // 10):]]))
     first_hit = next((c[0] for c in curve if c[1] >= 0.8), None)
     headline = {"method": method, "task": task_str_, "final_success": final, "episodes": curve[-1][0],

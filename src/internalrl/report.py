@@ -32,12 +32,77 @@ def _img(b64: str, caption: str) -> str:
     return f'<figure><img src="data:image/png;base64,{b64}"/><figcaption>{html.escape(caption)}</figcaption></figure>'
 
 
+#: readable labels of the headline keys in results.json; a rate's value is shown as a percentage
+LABELS = {
+    "heldout_action_accuracy": "held-out next-action accuracy",
+    "heldout_action_nll": "held-out next-action NLL (nats)",
+    "heldout_obs_nll": "held-out next-observation NLL (nats)",
+    "expert_action_accuracy": "expert knowing the task: accuracy",
+    "expert_action_nll": "expert knowing the task: NLL (nats)",
+    "task_marginal_expert_accuracy": "expert knowing only the colours visited: accuracy",
+    "task_marginal_expert_nll": "expert knowing only the colours visited: NLL (nats)",
+    "bayes_optimal_accuracy": "Bayes-optimal given the observations: accuracy",
+    "bayes_optimal_nll": "Bayes-optimal given the observations: NLL (nats)",
+    "train_seconds": "training time (s)",
+    "parameters": "parameters",
+    "source": "trained elsewhere",
+    "free_play_completion": "free play: a pretraining task completed",
+    "posttrain_success": "post-training task success",
+    "pretrain_success": "pretraining tasks success",
+    "free_play_task_marginal_reference": "free play of the expert knowing only the colours visited",
+    "episodes_each": "episodes per evaluation",
+    "seconds": "wall time (s)",
+    "best_layer": "best layer (0 = embedding)",
+    "majority_class_rate": "majority-class rate",
+    "layer": "layer",
+    "rank": "controller rank",
+    "uncontrolled_posttrain_success": "uncontrolled: post-training task success",
+    "uncontrolled_pretrain_success": "uncontrolled: pretraining tasks success",
+    "heldout_nll": "held-out action NLL with the controllers (nats)",
+    "uncontrolled_heldout_nll": "held-out action NLL, uncontrolled (nats)",
+    "alpha": "KL weight α",
+    "f1": "switch F1 against subgoal changes",
+    "precision": "switch precision",
+    "recall": "switch recall",
+    "switches_per_episode": "switches per episode",
+    "subgoals_per_episode": "subgoals per episode",
+    "fraction_beta_intermediate": "β undecided (in 0.1–0.9)",
+    "action_nll": "held-out action NLL (nats)",
+    "kl": "KL per step (nats)",
+    "first_step_f1_0.9": "first training step with switch F1 ≥ 0.9",
+}
+RATES = {"heldout_action_accuracy", "expert_action_accuracy", "task_marginal_expert_accuracy", "bayes_optimal_accuracy",
+         "free_play_completion", "posttrain_success", "pretrain_success", "free_play_task_marginal_reference",
+         "majority_class_rate", "uncontrolled_posttrain_success", "uncontrolled_pretrain_success",
+         "fraction_beta_intermediate"}
+REACHED = {"first_step_f1_0.9"}  # None: the threshold was never reached
+
+
+def _label(key: str) -> str:
+    if key.startswith("cotrained_"):
+        return "co-trained: " + _label(key[len("cotrained_"):])
+    return LABELS.get(key, key.replace("_", " "))
+
+
+def _base_key(key: str) -> str:
+    return key[len("cotrained_"):] if key.startswith("cotrained_") else key
+
+
+def _value(key: str, v) -> str:
+    base = _base_key(key)
+    if v is None and base in REACHED:
+        return "not reached"
+    if base in RATES and isinstance(v, (int, float)):
+        return f"{100 * v:.1f}%"
+    return f"{v:.4g}" if isinstance(v, float) else str(v)
+
+
 def _table(rows: dict) -> str:
-    rows = {k: ("n/a" if v is None else v) for k, v in rows.items()}
+    """Rows of (label, value); headline keys get readable labels and units, empty values are left out."""
     cells = "".join(
-        f"<tr><td>{html.escape(str(k))}</td><td>{v:.4g}</td></tr>" if isinstance(v, float)
-        else f"<tr><td>{html.escape(str(k))}</td><td>{html.escape(str(v))}</td></tr>"
+        f"<tr><td>{html.escape(_label(str(k)))}</td><td>{html.escape(_value(str(k), v))}</td></tr>"
         for k, v in rows.items()
+        if (v is not None or _base_key(str(k)) in REACHED) and v not in ("", [], {})
     )
     return f"<table>{cells}</table>"
 
@@ -133,7 +198,8 @@ def section_eval_base(root: Path, figs: Path) -> str:
         ax2.legend(fontsize=8)
         extra = _img(_png(fig2, figs / "free_play_over_training.png"),
                      "Free-play completion of each training snapshot (same environments and seed).")
-    return "<h2>Base model as a policy</h2>" + _table(m["headline"]) + _img(
+    return "<h2>Base model as a policy</h2>" + _table({k: v for k, v in m["headline"].items()
+                                                      if k != "free_play_failures"}) + _img(
         _png(fig, figs / "free_play.png"),
         "Free-play rollouts of the base model (grey dots: path, black disc: final cell; walls dark grey).") + (
         "<p>Pretraining tasks the model chose to complete in free play: "
@@ -188,8 +254,12 @@ def section_probes(root: Path, figs: Path) -> str:
         axes[layer + 1].imshow(rgb[None], aspect="auto")
         axes[layer + 1].set_yticks([0], [f"layer {layer}"])
     axes[-1].set_xlabel("time step")
-    fig.suptitle("decoded subgoal along one held-out episode (colour mixes by probability; "
-                 + ", ".join(f"{SUBGOAL_NAMES[i]}" for i in range(k)) + " in tab10 order)", fontsize=9)
+    from matplotlib.patches import Patch
+
+    fig.legend(handles=[Patch(color=colours[i], label=f"subgoal {SUBGOAL_NAMES[i]}") for i in range(k)],
+               loc="upper center", bbox_to_anchor=(0.5, -0.03), ncol=k, fontsize=8, frameon=False)
+    fig.suptitle("decoded subgoal along one held-out episode (each step's colour mixes the subgoals' colours by "
+                 "the probe's probabilities)", fontsize=9)
     html_ += _img(_png(fig, figs / "probe_episode.png"), "Probe read-out per layer against the ground-truth subgoal.")
     return "<h2>Linear probes</h2>" + _table({k_: v for k_, v in m["headline"].items() if k_ != "accuracy_per_layer"}
                                           | {"accuracy per layer": " ".join(f"{a:.3f}" for a in acc)}) + html_
@@ -308,23 +378,32 @@ def section_alpha_sweep(root: Path, figs: Path) -> str:
             "switching aligned with subgoal changes.") + f"<table>{head}{rows}</table>")
 
 
+RL_OFFSET = 0.01  # the RL figure draws the k-th curve this much higher, so coinciding curves stay apart
+
+
 def section_rl(root: Path, figs: Path) -> str:
     runs = sorted(p for p in root.glob("rl_*") if (p / "DONE").exists())
     fig, axes = plt.subplots(1, 2, figsize=(11, 3.4))
     rows = {}
-    for p in runs:
+    styles = ("-", "--", ":", "-.")
+    markers = ("o", "s", "^", "v", "D", "x")
+    for i, p in enumerate(runs):
         m = json.loads((p / "metrics.json").read_text())
         curve = np.array(m["curve"])
-        for ax in axes:
-            ax.plot(curve[:, 0], curve[:, 1], label=p.name[3:])
+        for ax in axes:  # curves that coincide (e.g. all at 0) stay apart: line style, marker, a small offset
+            ax.plot(curve[:, 0], curve[:, 1] + RL_OFFSET * i, styles[i % len(styles)], marker=markers[i % len(markers)],
+                    markevery=max(1, len(curve) // 8), ms=4, lw=1.8 - 0.3 * (i % 3), alpha=0.85, label=p.name[3:])
         h = m["headline"]
-        rows[p.name[3:]] = (f"final success {h['final_success']:.3f} after {h['episodes']} episodes; reached 0.8 at "
-                            f"{h['episodes_to_0.8'] or 'never'}; {h['seconds']:.0f} s")
+        reached = (f"success 0.8 first reached after {h['episodes_to_0.8']} episodes" if h["episodes_to_0.8"]
+                   else "success 0.8 not reached")
+        rows[p.name[3:]] = (f"final success {100 * h['final_success']:.1f}% after {h['episodes']} episodes; "
+                            f"{reached}; {h['seconds']:.0f} s")
     axes[0].set(xlabel="episodes", ylabel="success rate (batch)", ylim=(-0.02, 1.02), title="RL on the task (linear)")
     axes[1].set(xlabel="episodes", xscale="log", ylim=(-0.02, 1.02), title="log axis")
     axes[0].legend(fontsize=7)
     return "<h2>Reinforcement learning</h2>" + _table(rows) + _img(
-        _png(fig, figs / "rl.png"), "Success rate of each PPO batch against episodes (one seed each).")
+        _png(fig, figs / "rl.png"), "Success rate of each PPO batch against episodes (one seed each; the k-th curve is "
+        f"drawn {RL_OFFSET:g}·k higher so that curves that coincide stay visible).")
 
 
 def plot_rate_distortion(points: list[dict], path, aligned_f1: float = 0.8) -> None:
@@ -369,6 +448,37 @@ def plot_experiment(bands: dict[str, tuple[np.ndarray, np.ndarray]], path) -> No
     axes[0].legend(fontsize=8)
     fig.savefig(path, dpi=120, bbox_inches="tight")
     plt.close(fig)
+
+
+def headline_lines(results: dict) -> list[str]:
+    """The run's headline numbers in a few readable lines (what ``internalrl run`` prints at the end),
+    from ``results.json``; stages the run does not have are left out."""
+    lines = []
+    b, e = results.get("base_model"), results.get("eval_base")
+    if b:
+        lines.append(f"base model: held-out next-action accuracy {100 * b['heldout_action_accuracy']:.1f}% "
+                     f"(Bayes-optimal {100 * b['bayes_optimal_accuracy']:.1f}%)" if "bayes_optimal_accuracy" in b else
+                     f"base model: held-out next-action accuracy {100 * b['heldout_action_accuracy']:.1f}%")
+    if e:
+        lines.append(f"free play: {100 * e['free_play_completion']:.1f}% of episodes complete a pretraining task; "
+                     f"post-training task {100 * e['posttrain_success']:.1f}%")
+    if results.get("probes"):
+        p = results["probes"]
+        lines.append(f"probes: subgoal decoded best at layer {p['best_layer']} "
+                     f"({100 * max(p['accuracy_per_layer']):.1f}%, majority class {100 * p['majority_class_rate']:.1f}%)")
+    if results.get("controllers"):
+        c = results["controllers"]
+        lines.append(f"subgoal controllers at layer {c['layer']}: post-training task {100 * c['posttrain_success']:.1f}% "
+                     f"(uncontrolled {100 * c['uncontrolled_posttrain_success']:.1f}%)")
+    if results.get("metacontroller"):
+        m = results["metacontroller"]
+        lines.append(f"metacontroller: switch F1 {m['f1']:.3f} ({m['switches_per_episode']:.2f} switches per episode, "
+                     f"{m['subgoals_per_episode']:.2f} subgoals); co-trained F1 {m['cotrained_f1']:.3f}")
+    for name, h in sorted(results.items()):
+        if name.startswith("rl_") and isinstance(h, dict) and "final_success" in h:
+            lines.append(f"RL {h['method']} on {h['task']}: final success {100 * h['final_success']:.1f}% "
+                         f"after {h['episodes']} episodes")
+    return lines
 
 
 SECTIONS = [("data", section_data), ("base_model", section_base_model), ("eval_base", section_eval_base),

@@ -215,6 +215,8 @@ def stored_config(root: Path) -> Config | None:
 
 # ------------------------------------------------------------------ the run directory
 class RunDir:
+    tensorboard = False  # set by --tensorboard: training stages also write scalars to tensorboard/ (internalrl.scalars)
+
     def __init__(self, root: str | Path, cfg: Config, create: bool = True) -> None:
         self.root = Path(root)
         self.cfg = cfg

@@ -196,13 +196,15 @@ def with_soft_targets(cfg: Config, data: Trajectories, progress: bool = False) -
 
 def train_base_model(cfg: Config, data: Trajectories, work: Path, progress: bool = True,
                      stop_after: int | None = None, init_from: Path | None = None,
-                     stop_after_seconds: float | None = None, on_checkpoint=None) -> tuple[SequenceModel | None, dict]:
+                     stop_after_seconds: float | None = None, on_checkpoint=None,
+                     scalars=None) -> tuple[SequenceModel | None, dict]:
     """Train (or resume) in ``work``. ``stop_after`` ends this session after that many steps
     (``stop_after_seconds``: once that much wall time has passed) with a checkpoint written
     (returns ``(None, info)``), as if the run had been killed. ``on_checkpoint()`` is called
     after every checkpoint is written. ``init_from``: start from a compact checkpoint's weights
     and AdamW second moments (:mod:`internalrl.compact`, e.g. from ``scripts/train_gpu.py``)
-    with this run's own schedule."""
+    with this run's own schedule. ``scalars(step, row)`` also gets every row of ``train_log.jsonl``
+    (:mod:`internalrl.scalars`)."""
     tc = cfg.train
     device = resolve_device(tc.device)
     torch.manual_seed(cfg.seed)
@@ -239,11 +241,16 @@ def train_base_model(cfg: Config, data: Trajectories, work: Path, progress: bool
                    **{k: float(v.detach()) for k, v in losses.items()}}
             log.write(json.dumps(row) + "\n")
             log.flush()
+            if scalars is not None:
+                scalars(done, row)
             bar.set_postfix(nll=f"{row['action_nll']:.3f}", acc=f"{row.get('action_accuracy', 0):.3f}")
         if done % tc.eval_every == 0 or done == tc.steps:
             ev = evaluate_heldout(model, data, val_idx[:2048], 256, device)
-            log.write(json.dumps({"step": done, **{f"val_{k}": v for k, v in ev.items()}}) + "\n")
+            row = {"step": done, **{f"val_{k}": v for k, v in ev.items()}}
+            log.write(json.dumps(row) + "\n")
             log.flush()
+            if scalars is not None:
+                scalars(done, row)
         if done in snapshot_steps:
             ckpt.check_finite(done)
             save_model(model, work / "snapshots", f"step_{done:07d}")

@@ -8,7 +8,8 @@ import json
 import sys
 from pathlib import Path
 
-from internalrl.stages import SWEEP_POINT_KEYS, plot_rate_distortion
+from internalrl.experiments import SWEEP_POINT_KEYS
+from internalrl.report import plot_rate_distortion
 
 here = Path(__file__).parent
 points = []

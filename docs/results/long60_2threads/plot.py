@@ -1,6 +1,6 @@
-"""Free play against training steps: the quick preset, the long preset and the 60k-step run of the twelfth session.
+"""Free play against training steps: the quick preset, the long preset and the 60k-step run of 2026-11-22.
 Run from the repository root: python docs/results/long60_2threads/plot.py (the numbers are the runs' logged
-free-play rates, 1024 episodes each; see docs/journal.md, twelfth session)."""
+free-play rates, 1024 episodes each; see docs/journal.md, 2026-11-22)."""
 from pathlib import Path
 
 import matplotlib
@@ -20,7 +20,7 @@ RUNS = {  # label: (steps, free play)
 fig, ax = plt.subplots(figsize=(7, 4.2))
 for label, (x, y) in RUNS.items():
     ax.plot(x, y, marker="o", label=label)
-ax.axhline(0.9, color="k", ls="--", lw=1, label="issue 2 target (0.9)")
+ax.axhline(0.9, color="k", ls="--", lw=1, label="target (0.9)")
 ax.axhline(0.948, color="grey", ls=":", lw=1, label="expert knowing only the colours visited (0.948)")
 ax.set_xlabel("training steps (batch 64)")
 ax.set_ylabel("free play: completes some pretraining task")

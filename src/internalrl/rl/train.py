@@ -76,9 +76,10 @@ def _resume(checkpoint: Checkpoint | None, modules: dict, opt, rng, env: Batched
 
 def train_internal_rl(base: SequenceModel, meta: Metacontroller, layer: int, spec: GridSpec, task: Task,
                       cfg: RLConfig, seed: int, device, progress: bool = True, desc: str = "internal RL",
-                      checkpoint: Checkpoint | None = None):
+                      checkpoint: Checkpoint | None = None, scalars=None):
     """Returns the policy and a curve of (episodes seen, batch success rate, seconds).
-    ``checkpoint`` (counted in PPO iterations) makes a killed run resume."""
+    ``checkpoint`` (counted in PPO iterations) makes a killed run resume; ``scalars(episodes, values)``
+    (:mod:`internalrl.scalars`) gets each batch's success rate."""
     torch.manual_seed(seed)
     rng = np.random.default_rng(seed)
     for p in list(base.parameters()) + list(meta.parameters()):
@@ -104,6 +105,8 @@ def train_internal_rl(base: SequenceModel, meta: Metacontroller, layer: int, spe
         success = float(roll.returns.mean())
         curve.append((seen, success, time.perf_counter() - t0,
                       float(roll.decisions.sum(1).float().mean())))
+        if scalars is not None:
+            scalars(seen, {"success": success, "seconds": curve[-1][2], "decisions_per_episode": curve[-1][3]})
         bar.update(cfg.batch_size)
         bar.set_postfix(success=f"{success:.3f}")
         ckpt.maybe_save(it, iterations, lambda: {"curve": curve, "seen": seen, "seconds": time.perf_counter() - t0})
@@ -144,9 +147,11 @@ def rollout_raw(model: SequenceModel, env: BatchedGridPinpad, seed: int, device)
 
 
 def train_raw_rl(base: SequenceModel, spec: GridSpec, task: Task, cfg: RLConfig, seed: int, device,
-                 progress: bool = True, desc: str = "raw-action RL", checkpoint: Checkpoint | None = None):
+                 progress: bool = True, desc: str = "raw-action RL", checkpoint: Checkpoint | None = None,
+                 scalars=None):
     """Finetune a copy of the base model on raw actions with the same PPO.
-    ``checkpoint`` (counted in PPO iterations) makes a killed run resume."""
+    ``checkpoint`` (counted in PPO iterations) makes a killed run resume; ``scalars(episodes, values)``
+    (:mod:`internalrl.scalars`) gets each batch's success rate."""
     torch.manual_seed(seed)
     rng = np.random.default_rng(seed)
     model = copy.deepcopy(base).to(device)
@@ -176,6 +181,8 @@ def train_raw_rl(base: SequenceModel, spec: GridSpec, task: Task, cfg: RLConfig,
         it += 1
         success = float(roll["returns"].mean())
         curve.append((seen, success, time.perf_counter() - t0, float(roll["lengths"].float().mean())))
+        if scalars is not None:
+            scalars(seen, {"success": success, "seconds": curve[-1][2], "episode_length": curve[-1][3]})
         bar.update(cfg.batch_size)
         bar.set_postfix(success=f"{success:.3f}")
         ckpt.maybe_save(it, iterations, lambda: {"curve": curve, "seen": seen, "seconds": time.perf_counter() - t0})
