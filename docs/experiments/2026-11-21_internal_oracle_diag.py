@@ -1,4 +1,4 @@
-# 2026-11-21. Measured: the internal environment with an oracle giving each subgoal's mean metacontroller code, against prior codes; written up in docs/journal.md (why the codes are not subgoal codes), docs/results/metacontroller_binarize/ and docs/results/metacontroller_layers_0_1/.
+# 2026-11-21. Measured: the internal environment with an oracle giving each subgoal's mean metacontroller code, against prior codes; written up in docs/journal.md (what the codes carry), docs/results/metacontroller_binarize/ and docs/results/metacontroller_layers_0_1/.
 """How good can internal RL get with a finished run's metacontroller? Roll out the internal
 environment with an oracle choosing the codes instead of a policy.
 

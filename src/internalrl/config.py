@@ -237,7 +237,8 @@ def _quick() -> Config:
     # lr 2e-3 aligned one base model sooner but left three of four stuck with a misplaced extra switch (docs/journal.md).
     # The co-trained variant gets 1000 steps to keep the pipeline within half an hour; it collapses to one
     # switch at 800 and at 8000 steps alike [choice]. The last tenth trains with a noisy (Gumbel) switch: the
-    # sigmoid switch leaves 43-50% of β in (0.1, 0.9) at 10k steps, the noisy tenth 1-16% (docs/journal.md, eighth session).
+    # sigmoid switch leaves 43-50% of β in (0.1, 0.9) at 10k steps, the noisy tenth 1-16%
+    # (docs/journal.md, "A near-binary switch").
     c.metacontroller = MetacontrollerConfig(steps=10_000, batch_size=64, lr=1e-3, kl_free_steps=200, kl_warmup_steps=200,
                                             cotrain_steps=1000, binarize_fraction=0.1)
     c.compile = CompileConfig(steps=400, batch_size=64, lr=1e-3)
