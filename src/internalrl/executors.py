@@ -111,7 +111,9 @@ class RayExecutor:
         self.gpus = gpus
         self._remote = ray.remote(_ray_call).options(num_cpus=self.cpus_per_task, num_gpus=gpus)
         res = ray.cluster_resources()
-        _say(f"ray: {'joined the cluster at ' + self.address if self.address else 'started a local cluster'}: "
+        where = (("joined the cluster at " + self.address) if self.address else "started a local cluster") \
+            if self.started else "the cluster this process joined earlier"
+        _say(f"ray: {where}: "
              f"{res.get('CPU', 0):g} CPUs, {res.get('GPU', 0):g} GPUs; each task asks for {self.cpus_per_task:g} "
              f"CPU{'s' if self.cpus_per_task != 1 else ''}{f' and {gpus:g} GPU' if gpus else ''}")
         return self
