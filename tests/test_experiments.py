@@ -170,6 +170,7 @@ def test_a_killed_matrix_resumes_from_its_checkpoints_to_the_same_numbers(tmp_pa
     # the interrupted run continues from its checkpoint (after 1 of its 3 iterations), the others start at 0
     assert (killed_stage.name, 1) in starts
     assert sorted(s for _, s in starts) == [0, 0, 1]
+    assert printed.count("continued from a checkpoint") == 1
     res = json.loads((out / "experiment.json").read_text())
     strip = lambda runs: [{k: v for k, v in r.items() if k != "folder"} for r in runs]  # noqa: E731
     assert strip(res["runs"]) == strip(ref["runs"])  # the same numbers as the uninterrupted matrix

@@ -159,7 +159,7 @@ def make_executor(name: str, progress: bool = True, address: str | None = None, 
 def execute(tasks: list, fn: Callable, executor, describe: Callable | None = None) -> dict[str, dict]:
     """Run ``tasks`` (each with ``label`` and ``deps``, labels of tasks listed before it) through
     ``executor``: ``fn(task, progress)`` -> a result dict with ``summary`` (its headline, in words),
-    ``seconds`` and ``skipped`` (finished by an earlier invocation). Prints one line per finished task.
+    ``seconds``, ``skipped`` (finished by an earlier invocation) and ``resumed`` (continued from a checkpoint). Prints one line per finished task.
     Returns ``{label: result}``; when tasks failed, runs every task that does not need them, then
     raises the first failure (the others are printed)."""
     labels = [t.label for t in tasks]
@@ -198,7 +198,8 @@ def execute(tasks: list, fn: Callable, executor, describe: Callable | None = Non
                 _say(f"[{k}/{n}] {t.label}: FAILED: {type(outcome).__name__}: {str(outcome).splitlines()[0] if str(outcome) else ''}")
                 continue
             results[t.label] = outcome
-            when = "finished earlier" if outcome.get("skipped") else f"{outcome['seconds']:.0f} s"
+            when = "finished earlier" if outcome.get("skipped") else \
+                f"{outcome['seconds']:.0f} s" + (", continued from a checkpoint" if outcome.get("resumed") else "")
             _say(f"[{k}/{n}] {t.label}: {outcome['summary']} ({when})")
     if failed:
         first = next(iter(failed.values()))

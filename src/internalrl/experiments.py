@@ -103,17 +103,25 @@ def alpha_tasks(cfg: Config, run_dir: Path, alphas, cotrained: bool = True) -> l
 
 def run_task(t: Task, progress: bool = False) -> dict:
     """Run one task (in this process or in a Ray worker): -> ``{"summary": its headline in words,
-    "seconds", "skipped": finished by an earlier invocation, ...}`` and, for an RL run, its final
+    "seconds", "skipped": finished by an earlier invocation, "resumed": continued from the training
+    checkpoint an interrupted invocation left, ...}`` and, for an RL run, its final
     success and curve. The run directory is opened shared: other tasks work in it at the same time,
     each on its own stage."""
     from .errors import TrainingDiverged
     from .pipeline import (compile_stage_name, meta_stage_name, noswitch_stage_name, rl_stage_name, stage_compile,
                            stage_metacontroller, stage_noswitch_metacontroller)
 
+    from .checkpoint import CHECKPOINT_GLOB
+
     t0 = time.perf_counter()
     run = RunDir(t.run_dir, t.cfg, create=t.kind == "base", shared=True)
+
+    def resumes(stage: str) -> bool:  # a killed earlier invocation left a training checkpoint to continue from
+        return not run.done(stage) and any((run.root / f".{stage}.partial").glob(CHECKPOINT_GLOB))
+
     try:
         if t.kind == "base":
+            resumed = resumes("base_model")
             skipped = run.done("base_model")
             stage_data(t.cfg, run, progress)
             stage_base_model(t.cfg, run, progress)
@@ -124,7 +132,7 @@ def run_task(t: Task, progress: bool = False) -> dict:
                            "noswitch": (noswitch_stage_name, stage_noswitch_metacontroller),
                            "compile": (compile_stage_name, stage_compile)}[t.kind]
             stage = name(t.meta_seed)
-            skipped = run.done(stage)
+            resumed, skipped = resumes(stage), run.done(stage)
             build(t.cfg, run, progress, t.meta_seed)
             h = run.metrics(stage, "metacontroller")["headline"]
             out = {"summary": {"metacontroller": lambda: f"switch F1 {h['f1']:.3f} (co-trained {h['cotrained_f1']:.3f})",
@@ -132,7 +140,7 @@ def run_task(t: Task, progress: bool = False) -> dict:
                                "compile": lambda: f"causal switch F1 {h['f1']:.3f}"}[t.kind]()}
         elif t.kind == "rl":
             stage = rl_stage_name(t.cfg, run, t.method, t.task, t.meta_seed, t.rl_seed)
-            skipped = run.done(stage)
+            resumed, skipped = resumes(stage), run.done(stage)
             try:
                 folder = run_rl(t.cfg, run, t.method, t.task, meta_seed=t.meta_seed, progress=progress,
                                 rl_seed=t.rl_seed)
@@ -146,13 +154,15 @@ def run_task(t: Task, progress: bool = False) -> dict:
                        "folder": f"base{t.base_seed}/{folder.name}"}
             out.update(method=t.method, lr=t.cfg.rl.lr, base_seed=t.base_seed, meta_seed=t.meta_seed, rl_seed=t.rl_seed)
         elif t.kind == "alpha_point":
+            resumed = any((run.root / ".alpha_sweep.partial").glob(f"checkpoint_{_point_name(t.variant, t.alpha)}.pt*"))
             skipped, point = _alpha_point(t, run, progress)
             out = {"summary": f"NLL {point['action_nll']:.3f}, KL {point['kl']:.3f}, F1 {point['f1']:.3f}", "point": point}
         else:
             raise ValueError(f"unknown task kind {t.kind!r}")
     finally:
         run.close()
-    return {"label": t.label, "kind": t.kind, "skipped": bool(skipped), "seconds": time.perf_counter() - t0, **out}
+    return {"label": t.label, "kind": t.kind, "skipped": bool(skipped), "resumed": bool(resumed),
+            "seconds": time.perf_counter() - t0, **out}
 
 
 # ------------------------------------------------------------------ the α sweep
