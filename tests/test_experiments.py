@@ -100,6 +100,13 @@ def test_bad_executor_flags_are_refused(tmp_path, capsys, monkeypatch):
     assert "--executor ray" in capsys.readouterr().err
     assert main([*args, "--out", str(tmp_path / "e"), "--executor", "ray", "--max-parallel", "0"]) == 2
     assert "--max-parallel" in capsys.readouterr().err
+    try:
+        import ray  # noqa: F401
+    except ImportError:
+        pass
+    else:  # nothing listens there: refused at once (Ray itself would retry for minutes)
+        assert main([*args, "--out", str(tmp_path / "e"), "--executor", "ray", "--ray-address", "127.0.0.1:1"]) == 2
+        assert "cannot join the Ray cluster at 127.0.0.1:1" in capsys.readouterr().err
     monkeypatch.setitem(sys.modules, "ray", None)  # Ray not installed
     assert main([*args, "--out", str(tmp_path / "e"), "--executor", "ray"]) == 2
     assert "pip install 'internalrl[ray]'" in capsys.readouterr().err

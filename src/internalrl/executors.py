@@ -93,6 +93,8 @@ class RayExecutor:
         self.num_cpus = num_cpus
         self.started = False
         self._remote = None
+        if address is not None:
+            _check_reachable(address)
 
     def __enter__(self) -> "RayExecutor":
         ray = self.ray
@@ -103,7 +105,13 @@ class RayExecutor:
             if self.address is None:
                 ray.init(num_cpus=self.num_cpus, **kw)
             else:
-                ray.init(address=self.address, **kw)
+                try:
+                    ray.init(address=self.address, **kw)
+                except (ConnectionError, RuntimeError, ValueError) as e:
+                    raise ConfigError(
+                        f"cannot join the Ray cluster at {self.address} ({type(e).__name__}: {str(e)[:200]}). Is it "
+                        "running (`ray status` on its head node)? A cluster with token authentication (Ray's default "
+                        "since 2.5x) needs RAY_AUTH_MODE=token and its token on this machine too") from None
             self.started = True
         gpus = self.gpus_per_task
         if gpus is None:
@@ -139,6 +147,21 @@ class RayExecutor:
             return handle, e
 
 
+def _check_reachable(address: str) -> None:
+    """Refuse a ``HOST:PORT`` address nothing listens at, before anything is written (Ray itself retries
+    for minutes). ``auto`` and ``ray://`` addresses are left to Ray."""
+    import socket
+
+    host, sep, port = address.rpartition(":")
+    if not sep or "://" in address or not port.isdigit():
+        return
+    try:
+        socket.create_connection((host, int(port)), timeout=10).close()
+    except OSError as e:
+        raise ConfigError(f"cannot join the Ray cluster at {address}: nothing answers there ({e.strerror or e}). "
+                          "Start it with `ray start --head --port PORT` on the head node, or pass its address") from None
+
+
 def make_executor(name: str, progress: bool = True, address: str | None = None, max_parallel: int | None = None,
                   cpus_per_task: float = 1, gpus_per_task: float | None = None):
     if max_parallel is not None and max_parallel < 1:
@@ -156,7 +179,7 @@ def make_executor(name: str, progress: bool = True, address: str | None = None, 
     raise ConfigError(f"unknown executor {name!r}; choose local or ray")
 
 
-def execute(tasks: list, fn: Callable, executor, describe: Callable | None = None) -> dict[str, dict]:
+def execute(tasks: list, fn: Callable, executor) -> dict[str, dict]:
     """Run ``tasks`` (each with ``label`` and ``deps``, labels of tasks listed before it) through
     ``executor``: ``fn(task, progress)`` -> a result dict with ``summary`` (its headline, in words),
     ``seconds``, ``skipped`` (finished by an earlier invocation) and ``resumed`` (continued from a checkpoint). Prints one line per finished task.
