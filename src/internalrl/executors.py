@@ -102,8 +102,8 @@ class RayExecutor:
             env = {k: v for k, v in os.environ.items() if k.startswith("INTERNALRL_")}  # e.g. the checkpoint interval
             kw = dict(include_dashboard=False, logging_level="WARNING", log_to_driver=False,
                       runtime_env={"env_vars": env} if env else None)
-            if self.address is None:
-                ray.init(num_cpus=self.num_cpus, **kw)
+            if self.address is None:  # "local": a new cluster, even where `ray start` left one to join
+                ray.init(address="local", num_cpus=self.num_cpus, **kw)
             else:
                 try:
                     ray.init(address=self.address, **kw)
