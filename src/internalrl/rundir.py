@@ -12,7 +12,8 @@ is refused with a message naming the holder. The tasks of an experiment (one sta
 several processes or on several machines) open it *shared* instead (``RunDir(..., shared=True)``):
 they exclude every exclusive holder, and each claims the stage it writes (an exclusive lock on
 ``.locks/STAGE.lock``, taken by :meth:`RunDir.partial`, dropped when the stage is published), so two
-tasks never write one artifact. ``results.json`` is rewritten under its own short lock. Every file is written atomically
+tasks never write one artifact; ``results.json`` is rewritten under a lock of its own, so no
+stage's entry is lost to a concurrent rewrite. Every file is written atomically
 (:mod:`internalrl.atomic`); a finished stage keeps checksums of its files (``MANIFEST.json``)
 so a damaged artifact is reported rather than used. ``results.json`` holds every stage's
 headline numbers, and their timings apart under ``"timings"``, so two runs compare with a diff."""
@@ -176,6 +177,10 @@ class _RunLock:
         try:
             fcntl.flock(self.fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
+            try:  # a refused conversion may have dropped the shared lock: take it back
+                fcntl.flock(self.fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+            except BlockingIOError:
+                pass
             raise RunDirError(self.refused("the tasks of an experiment share it")) from None
         self.shared = False
         self._record()
