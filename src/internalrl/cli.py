@@ -5,7 +5,8 @@
       (on an existing run, every command uses the config in its run.json; --set may change only rl.*)
     internalrl rl --out DIR --method internal|raw|no-switch|cotrained|compile [--task 0-1-2-3] [--episodes N]
     internalrl experiment --out DIR --base-seeds 3 --meta-seeds 2 [--methods internal,raw,...]
-    internalrl sweep-alpha --out DIR [--alphas 0,0.1,...]     # after `run`: the rate-distortion figure
+        [--lrs 3e-6,1e-5,3e-5,1e-4,3e-4] [--rl-seeds N] [--executor local|ray [--ray-address ADDR] [--max-parallel N]]
+    internalrl sweep-alpha --out DIR [--alphas 0,0.1,...] [--executor ...]  # after `run`: the rate-distortion figure
     internalrl steerability RUN_DIR [--steps 3200] [--batch-size 512]   # the steerability protocol
     internalrl report --out DIR
     internalrl diagnose free-play-failures|code-content|code-search RUN_DIR [...]   # analyses of a finished run
@@ -56,9 +57,41 @@ def _config(args):
     return load_config(args.preset or "quick", overrides, base=base)
 
 
-def _run_dir(args, cfg) -> RunDir:
+def _run_dir(args, cfg, shared: bool = False) -> RunDir:
     out = args.out or f"runs/{args.preset or 'quick'}-seed{cfg.seed}"
-    return RunDir(out, cfg)
+    return RunDir(out, cfg, shared=shared)
+
+
+def _executor_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--executor", choices=("local", "ray"), default="local",
+                   help="local: every task in this process, one after another (default); ray: each task a Ray task "
+                        "(needs pip install 'internalrl[ray]')")
+    p.add_argument("--ray-address", default=None, metavar="ADDR",
+                   help="join this Ray cluster (e.g. auto, or HEAD_IP:6379) instead of starting one on this machine; "
+                        "--out must then be an absolute path on storage every node sees")
+    p.add_argument("--max-parallel", type=int, default=None, metavar="N",
+                   help="at most N tasks at once (default: as many as the cluster's CPUs hold; a local Ray "
+                        "cluster gets N x --cpus-per-task CPUs)")
+    p.add_argument("--cpus-per-task", type=float, default=1, help="CPUs each Ray task asks for (default 1)")
+    p.add_argument("--gpus-per-task", type=float, default=None,
+                   help="GPUs each Ray task asks for (default: 1 when the cluster has GPUs, else 0)")
+
+
+def _executor(args, progress: bool):
+    from .executors import make_executor
+
+    if args.ray_address is not None and not Path(args.out).is_absolute():
+        raise ConfigError(f"--ray-address runs tasks on other machines: --out must be an absolute path on storage every "
+                          f"node sees (a shared filesystem mounted at the same path), got {args.out!r}")
+    return make_executor(args.executor, progress, args.ray_address, args.max_parallel, args.cpus_per_task,
+                         args.gpus_per_task)
+
+
+def _floats(text: str, flag: str) -> list[float]:
+    try:
+        return [float(x) for x in text.split(",") if x.strip()]
+    except ValueError:
+        raise ConfigError(f"{flag} takes comma-separated numbers, got {text!r}") from None
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -120,12 +153,18 @@ def _main(argv: list[str]) -> int:
     p.add_argument("--meta-seeds", type=int, default=2)
     p.add_argument("--methods", default="internal,raw,no-switch,cotrained,compile")
     p.add_argument("--task", default=None, help="default: the post-training task")
+    p.add_argument("--lrs", default=None, metavar="LR,LR,...",
+                   help="RL learning rates to scan for every method; the best median final success is chosen per "
+                        "method (the paper's: 3e-6,1e-5,3e-5,1e-4,3e-4; default: rl.lr only)")
+    p.add_argument("--rl-seeds", type=int, default=1, help="RL runs per method x learning rate x metacontroller (default 1)")
     p.add_argument("--no-progress", action="store_true")
+    _executor_args(p)
     p = sub.add_parser("sweep-alpha", help="metacontroller α sweep: the rate–distortion figure")
     _common(p)
     p.add_argument("--alphas", default="0,0.05,0.1,0.17,0.3,0.5,1", help="comma-separated α values (default: the paper's)")
     p.add_argument("--no-cotrained", action="store_true", help="skip the co-trained variant")
     _tensorboard_argument(p)
+    _executor_args(p)
     p = sub.add_parser("ant-data", help="ant-pinpad datasets D (sampled actions) and D* (mean actions)")
     p.add_argument("--out", required=True, help="folder; gets data/ (D) and data_clean/ (D*)")
     p.add_argument("--episodes", type=int, default=1000, help="successful episodes per dataset (default 1000)")
@@ -206,17 +245,22 @@ def _dispatch(args) -> int:
     if args.command == "experiment":
         if args.base_seeds < 1 or args.meta_seeds < 1:
             raise ConfigError("--base-seeds and --meta-seeds must be at least 1")
+        lrs = _floats(args.lrs, "--lrs") if args.lrs is not None else None
+        executor = _executor(args, not args.no_progress)
         experiments.experiment(cfg, Path(args.out), args.base_seeds, args.meta_seeds,
-                          [m.strip() for m in args.methods.split(",") if m.strip()], args.task,
-                          progress=not args.no_progress)
+                               [m.strip() for m in args.methods.split(",") if m.strip()], args.task,
+                               progress=not args.no_progress, lrs=lrs, rl_seeds=args.rl_seeds, executor=executor)
         print(Path(args.out) / "fig8.png")
         return 0
     if getattr(args, "tensorboard", False):
         from .scalars import require_tensorboard
 
         require_tensorboard()  # before anything is written
+    if args.command == "sweep-alpha" and args.out is None and args.ray_address is not None:
+        raise ConfigError("--ray-address needs --out (an absolute path on storage every node sees)")
+    executor = _executor(args, not args.no_progress) if args.command == "sweep-alpha" else None
     cfg, source = cli_pretrained.run_dir_setup(args, cfg)  # --base-model shipped|train
-    run = _run_dir(args, cfg)
+    run = _run_dir(args, cfg, shared=executor is not None and executor.name == "ray")  # Ray workers write in it too
     run.tensorboard = getattr(args, "tensorboard", False)
     cli_pretrained.record(run, source)
     progress = not args.no_progress
@@ -229,13 +273,10 @@ def _dispatch(args) -> int:
         print(write_report(run.root))
         return 0
     if args.command == "sweep-alpha":
-        try:
-            alphas = tuple(float(a) for a in args.alphas.split(","))
-        except ValueError:
-            raise ConfigError(f"--alphas takes comma-separated numbers, got {args.alphas!r}") from None
-        if any(a < 0 for a in alphas):
+        alphas = tuple(_floats(args.alphas, "--alphas"))
+        if not alphas or any(not a >= 0 for a in alphas):
             raise ConfigError("--alphas must be non-negative")
-        experiments.alpha_sweep(cfg, run, alphas, cotrained=not args.no_cotrained, progress=progress)
+        experiments.alpha_sweep(cfg, run, alphas, cotrained=not args.no_cotrained, progress=progress, executor=executor)
         print(write_report(run.root))
         return 0
     t0 = time.perf_counter()

@@ -466,9 +466,22 @@ def _load_compile(path, cfg_compile, base, device):
     return _load_weights(build_compile(cfg_compile, base), path, device)
 
 
+RL_SEED_STRIDE = 100_003  # RL seed r of a run draws from seed + 5000 + 101 * meta_seed + this * r
+
+
+def rl_stage_name(cfg: Config, run: RunDir, method: str, task: str | None = None, meta_seed: int = 0,
+                  rl_seed: int = 0) -> str:
+    """The folder of an RL run: method, task, budget, then the metacontroller seed and the RL seed when not 0,
+    and a digest of the ``rl.*`` settings when they differ from the run's own."""
+    task_str_ = task or cfg.env.posttrain_task
+    return (f"rl_{method}_{task_str_}_{cfg.rl.episodes}ep" + (f"_m{meta_seed}" if meta_seed else "")
+            + (f"_r{rl_seed}" if rl_seed else "") + _rl_variant(cfg, run))
+
+
 def run_rl(cfg: Config, run: RunDir, method: str, task: str | None = None, meta_seed: int = 0,
-           progress: bool = True) -> Path:
-    """One RL run of ``method`` on ``task`` (default: the post-training task)."""
+           progress: bool = True, rl_seed: int = 0) -> Path:
+    """One RL run of ``method`` on ``task`` (default: the post-training task); ``rl_seed`` picks the RL
+    run's own random streams (policy init, rollouts) for the same base model and metacontroller."""
     from dataclasses import replace
 
     from .rl.train import METHODS, evaluate_internal_policy, train_internal_rl, train_raw_rl
@@ -480,13 +493,13 @@ def run_rl(cfg: Config, run: RunDir, method: str, task: str | None = None, meta_
     tasks = parse_task_set(task_str_, spec.num_objects)
     if len(tasks) != 1:
         raise ConfigError(f"--task must be one task, got {len(tasks)}")
-    name = f"rl_{method}_{task_str_}_{cfg.rl.episodes}ep" + (f"_m{meta_seed}" if meta_seed else "") + _rl_variant(cfg, run)
+    name = rl_stage_name(cfg, run, method, task, meta_seed, rl_seed)
     if run.done(name):
         _log(f"{name}: finished earlier, skipped")
         return run.path(name)
     device = resolve_device(cfg.train.device)
     layer = cfg.meta_layer()
-    seed = cfg.seed + 5000 + 101 * meta_seed
+    seed = cfg.seed + 5000 + 101 * meta_seed + RL_SEED_STRIDE * rl_seed
     base = load_model(run.require("base_model", "train"), device=device)
     work = run.partial(name)
     ckpt = Checkpoint(work / "checkpoint.pt")

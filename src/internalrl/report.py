@@ -432,20 +432,39 @@ def plot_rate_distortion(points: list[dict], path, aligned_f1: float = 0.8) -> N
     plt.close(fig)
 
 
-def plot_experiment(bands: dict[str, tuple[np.ndarray, np.ndarray]], path) -> None:
+def plot_experiment(bands: dict[str, tuple[np.ndarray, np.ndarray]], path, labels: dict[str, str] | None = None,
+                    scan: dict[str, dict[float, list[float]]] | None = None) -> None:
     """Fig. 8: for each method, the median success over its runs and the 25–75% band against
     episodes, on a linear and a log axis. ``bands[method]``: episodes ``(points,)`` and the
-    runs' success ``(runs, points)``."""
-    fig, axes = plt.subplots(1, 2, figsize=(12, 3.8))
+    runs' success ``(runs, points)``; ``labels[method]``: its legend entry (e.g. with the chosen
+    learning rate). ``scan[method][lr]``: the final success of each run at that learning rate, drawn
+    in a third panel (median and 25–75% range against the learning rate, Fig. A5's scan)."""
+    labels = labels or {}
+    fig, axes = plt.subplots(1, 3 if scan else 2, figsize=(18 if scan else 12, 3.8))
+    colors = {}
     for method, (x, y) in bands.items():
         med, lo, hi = np.median(y, 0), np.percentile(y, 25, 0), np.percentile(y, 75, 0)
-        for ax in axes:
-            ax.plot(x, med, label=f"{method} ({len(y)} runs)")
-            ax.fill_between(x, lo, hi, alpha=0.25)
+        for ax in axes[:2]:
+            line, = ax.plot(x, med, label=labels.get(method, f"{method} ({len(y)} runs)"))
+            ax.fill_between(x, lo, hi, alpha=0.25, color=line.get_color())
+            colors[method] = line.get_color()
     axes[0].set(xlabel="episodes", ylabel="success rate", ylim=(-0.02, 1.02), title="median and 25–75% band")
     axes[1].set(xlabel="episodes (log)", xscale="log", ylim=(-0.02, 1.02), title="log axis")
     axes[1].xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())  # decades only: minor labels overlap
     axes[0].legend(fontsize=8)
+    if scan:
+        ax = axes[2]
+        for method, per_lr in scan.items():
+            lrs = sorted(lr for lr, f in per_lr.items() if f)
+            if not lrs:
+                continue
+            med = [np.median(per_lr[lr]) for lr in lrs]
+            err = [[m - np.percentile(per_lr[lr], 25) for lr, m in zip(lrs, med)],
+                   [np.percentile(per_lr[lr], 75) - m for lr, m in zip(lrs, med)]]
+            ax.errorbar(lrs, med, yerr=err, marker="o", capsize=3, label=method, color=colors.get(method))
+        ax.set(xlabel="learning rate (log)", xscale="log", ylabel="final success", ylim=(-0.02, 1.02),
+               title="learning-rate scan: median, 25–75%")
+        ax.legend(fontsize=8)
     fig.savefig(path, dpi=120, bbox_inches="tight")
     plt.close(fig)
 

@@ -8,12 +8,18 @@ section may differ: each RL run is its own folder, named after its settings.
 
 One process at a time owns a run directory: :class:`RunDir` takes an exclusive lock on
 ``.lock`` inside it (released when the process ends, however it ends), and a second process
-is refused with a message naming the holder. Every file is written atomically
+is refused with a message naming the holder. The tasks of an experiment (one stage each, in
+several processes or on several machines) open it *shared* instead (``RunDir(..., shared=True)``):
+they exclude every exclusive holder, and each claims the stage it writes (an exclusive lock on
+``.locks/STAGE.lock``, taken by :meth:`RunDir.partial`, dropped when the stage is published), so two
+tasks never write one artifact; ``results.json`` is rewritten under a lock of its own, so no
+stage's entry is lost to a concurrent rewrite. Every file is written atomically
 (:mod:`internalrl.atomic`); a finished stage keeps checksums of its files (``MANIFEST.json``)
 so a damaged artifact is reported rather than used. ``results.json`` holds every stage's
 headline numbers, and their timings apart under ``"timings"``, so two runs compare with a diff."""
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import datetime
 import json
@@ -38,6 +44,8 @@ from .errors import RunDirError
 
 RUN_FORMAT = 1
 LOCK_FILE = ".lock"
+LOCKS = ".locks"  # the folder of the claims on stages and of the lock on results.json
+RESULTS_LOCK = "results.json.lock"  # in LOCKS: held while results.json is rewritten
 MAY_DIFFER = ("rl",)  # config sections a command may change on an existing run (each RL run names its settings)
 
 
@@ -119,52 +127,116 @@ def provenance() -> dict:
 _HELD: "weakref.WeakValueDictionary[str, _RunLock]" = weakref.WeakValueDictionary()
 
 
-class _RunLock:
-    """An exclusive ``flock`` on ``root/.lock``, held while this object lives (and by the kernel only
-    while the process lives: a killed holder never leaves a stale lock). The file records the
-    holder (pid, host, command, start) so that a refused process can say who holds it."""
+def _holder(fd: int) -> str:
+    try:
+        holder = json.loads(os.pread(fd, 65536, 0) or b"{}")
+    except ValueError:
+        holder = {}
+    return (f"pid {holder.get('pid', '?')} on host {holder.get('host', '?')}, started {holder.get('started', '?')}: "
+            f"{holder.get('command', '?')}")
 
-    def __init__(self, root: Path) -> None:
+
+def _in_use(root: Path, who: str) -> str:
+    return (f"{root} is in use by another internalrl process ({who}). Wait for it to finish "
+            "(or stop it), or use another --out folder.")
+
+
+class _RunLock:
+    """A ``flock`` on ``path`` (exclusive, or ``shared`` with other shared holders), held while this
+    object lives (and by the kernel only while the process lives: a killed holder never leaves a
+    stale lock). The file records the holder (pid, host, command, start) so that a refused process
+    can say who holds it; ``refused(who)`` is the message it is refused with."""
+
+    def __init__(self, path: Path, shared: bool = False, refused=None) -> None:
         self.fd = None
-        path = root / LOCK_FILE
+        self.shared = shared
+        self.refused = refused or (lambda who: _in_use(path.parent, who))
         try:
             fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
         except OSError as e:
             raise StorageError(describe_os_error(e, path)) from None
         try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            fcntl.flock(fd, (fcntl.LOCK_SH if shared else fcntl.LOCK_EX) | fcntl.LOCK_NB)
         except BlockingIOError:
-            try:
-                holder = json.loads(os.pread(fd, 65536, 0) or b"{}")
-            except ValueError:
-                holder = {}
+            who = _holder(fd)
             os.close(fd)
-            who = (f"pid {holder.get('pid', '?')} on host {holder.get('host', '?')}, started {holder.get('started', '?')}: "
-                   f"{holder.get('command', '?')}")
-            raise RunDirError(f"{root} is in use by another internalrl process ({who}). Wait for it to finish "
-                              "(or stop it), or use another --out folder.") from None
+            raise RunDirError(self.refused(who)) from None
+        self.fd = fd
+        self._record()
+
+    def _record(self) -> None:
         info = {"pid": os.getpid(), "host": socket.gethostname(), "command": _command(),
                 "started": datetime.datetime.now().astimezone().isoformat(timespec="seconds")}
-        os.ftruncate(fd, 0)
-        os.pwrite(fd, json.dumps(info).encode(), 0)
-        self.fd = fd
+        os.ftruncate(self.fd, 0)
+        os.pwrite(self.fd, json.dumps(info).encode(), 0)
 
-    def __del__(self) -> None:
+    def make_exclusive(self) -> None:
+        """Turn a shared lock of this process into an exclusive one (refused while others share it)."""
+        if not self.shared:
+            return
+        try:
+            fcntl.flock(self.fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            try:  # a refused conversion may have dropped the shared lock: take it back
+                fcntl.flock(self.fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+            except BlockingIOError:
+                pass
+            raise RunDirError(self.refused("the tasks of an experiment share it")) from None
+        self.shared = False
+        self._record()
+
+    def release(self) -> None:
         if self.fd is not None:
             os.close(self.fd)  # closing the last descriptor releases the lock
             self.fd = None
 
+    def __del__(self) -> None:
+        self.release()
 
-def _lock(root: Path):
-    """This process's lock on ``root``: taken once, shared by every RunDir of the process on that folder."""
+
+def _lock(root: Path, shared: bool = False):
+    """This process's lock on ``root``: taken once, shared by every RunDir of the process on that folder
+    (an exclusive one serves shared requests too; a shared one is made exclusive when asked)."""
     if fcntl is None:
         return None
     key = str(root.resolve())
     lock = _HELD.get(key)
     if lock is None:
-        lock = _RunLock(root)
+        lock = _RunLock(root / LOCK_FILE, shared)
         _HELD[key] = lock
+    elif lock.shared and not shared:
+        lock.make_exclusive()
     return lock
+
+
+@contextlib.contextmanager
+def _briefly_locked(path: Path):
+    """An exclusive lock on ``path`` for the length of a ``with`` block, waiting for it if need be
+    (for a read-modify-write of a file that processes sharing a run directory all rewrite)."""
+    if fcntl is None:
+        yield
+        return
+    try:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    except OSError as e:
+        raise StorageError(describe_os_error(e, path)) from None
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)
+
+
+def is_lock_file(path: Path) -> bool:
+    return path.name in (LOCK_FILE, LOCKS)
+
+
+def _locks(root: Path) -> Path:
+    try:
+        (root / LOCKS).mkdir(exist_ok=True)
+    except OSError as e:
+        raise StorageError(describe_os_error(e, root / LOCKS)) from None
+    return root / LOCKS
 
 
 # ------------------------------------------------------------------ the stored config
@@ -217,9 +289,12 @@ def stored_config(root: Path) -> Config | None:
 class RunDir:
     tensorboard = False  # set by --tensorboard: training stages also write scalars to tensorboard/ (internalrl.scalars)
 
-    def __init__(self, root: str | Path, cfg: Config, create: bool = True) -> None:
+    def __init__(self, root: str | Path, cfg: Config, create: bool = True, shared: bool = False) -> None:
+        """Open (or, with ``create``, make) the run directory ``root`` for ``cfg``. ``shared``: for one
+        task of an experiment among others working in the same folder at once (see the module's doc)."""
         self.root = Path(root)
         self.cfg = cfg
+        self._claims: dict[str, _RunLock] = {}
         if self.root.exists() and not self.root.is_dir():
             raise RunDirError(f"--out {self.root} is a file, not a folder; choose a folder")
         meta_path = self.root / "run.json"
@@ -227,42 +302,70 @@ class RunDir:
             if not create:
                 raise RunDirError(f"{self.root} is not an internalrl run (no run.json); "
                                   f"run `internalrl run --out {self.root}` first")
-            if self.root.exists() and any(p.name != LOCK_FILE for p in self.root.iterdir()):
+            if self.root.exists() and any(not is_lock_file(p) for p in self.root.iterdir()):
                 raise RunDirError(f"{self.root} is not empty and is not an internalrl run; use an empty or new --out folder")
             try:
                 self.root.mkdir(parents=True, exist_ok=True)
             except OSError as e:
                 raise StorageError(describe_os_error(e, self.root)) from None
-        self._lock = _lock(self.root)  # held from here on: nothing below races another process
-        for leftover in self.root.glob(".*.tmp"):  # half-written by a killed process (no other writer now)
-            leftover.unlink(missing_ok=True)
+        self._lock = _lock(self.root, shared)  # held from here on: nothing below races another process
+        self.shared = self._lock is not None and self._lock.shared
+        if not self.shared:
+            for leftover in self.root.glob(".*.tmp"):  # half-written by a killed process (no other writer now)
+                leftover.unlink(missing_ok=True)
         want = {"run_format": RUN_FORMAT, "config": cfg.to_dict()}
-        meta = read_run_json(self.root)
-        if meta is not None:
-            if meta.get("run_format") != RUN_FORMAT:
-                raise RunDirError(
-                    f"{self.root} was written by internalrl {meta.get('internalrl_version', '?')} "
-                    f"(run format {meta.get('run_format')}); this is {__version__} (format {RUN_FORMAT}). "
-                    "Use a new --out folder."
-                )
-            stored, current = meta.get("config"), want["config"]
-            diffs = _diff({k: v for k, v in stored.items() if k not in MAY_DIFFER},
-                          {k: v for k, v in _without_additions(current, stored, Config().to_dict()).items()
-                           if k not in MAY_DIFFER})
-            if diffs:
-                shown = "\n  ".join(diffs[:8]) + ("\n  ..." if len(diffs) > 8 else "")
-                raise RunDirError(
-                    f"{self.root} holds another run's artifacts (its config differs):\n  {shown}\n"
-                    "Use a new --out folder, or leave out --preset and the overrides: a command on an existing run "
-                    "uses that run's config."
-                )
-            self.stored = meta
-            self.update_results()  # a kill between a stage's rename and its results.json entry left it out
-        elif create:
-            self.stored = {"internalrl_version": __version__, **want, "provenance": provenance()}
-            write_json(meta_path, self.stored)
-        else:
-            raise RunDirError(f"{self.root} is not an internalrl run (no run.json); run `internalrl run --out {self.root}` first")
+        with _briefly_locked(_locks(self.root) / RESULTS_LOCK):  # tasks sharing the folder: one makes run.json
+            meta = read_run_json(self.root)
+            if meta is not None:
+                if meta.get("run_format") != RUN_FORMAT:
+                    raise RunDirError(
+                        f"{self.root} was written by internalrl {meta.get('internalrl_version', '?')} "
+                        f"(run format {meta.get('run_format')}); this is {__version__} (format {RUN_FORMAT}). "
+                        "Use a new --out folder."
+                    )
+                stored, current = meta.get("config"), want["config"]
+                diffs = _diff({k: v for k, v in stored.items() if k not in MAY_DIFFER},
+                              {k: v for k, v in _without_additions(current, stored, Config().to_dict()).items()
+                               if k not in MAY_DIFFER})
+                if diffs:
+                    shown = "\n  ".join(diffs[:8]) + ("\n  ..." if len(diffs) > 8 else "")
+                    raise RunDirError(
+                        f"{self.root} holds another run's artifacts (its config differs):\n  {shown}\n"
+                        "Use a new --out folder, or leave out --preset and the overrides: a command on an existing run "
+                        "uses that run's config."
+                    )
+                self.stored = meta
+                self._rewrite_results()  # a kill between a stage's rename and its results.json entry left it out
+            elif create:
+                self.stored = {"internalrl_version": __version__, **want, "provenance": provenance()}
+                write_json(meta_path, self.stored)
+            else:
+                raise RunDirError(f"{self.root} is not an internalrl run (no run.json); run `internalrl run --out {self.root}` first")
+
+    def close(self) -> None:
+        """Give up this object's claims on stages and its hold on the folder (the end of a task)."""
+        for lock in self._claims.values():
+            lock.release()
+        self._claims.clear()
+        self._lock = None
+
+    def claim(self, name: str) -> None:
+        """Make this process the only writer of ``name`` (a stage, or a part of one such as one point of
+        a sweep) among the processes sharing the folder, until the stage is published or :meth:`close`.
+        A process that holds the folder exclusively is the only writer already. Refused when another
+        process holds the claim, or when the stage was published meanwhile."""
+        if not self.shared or name in self._claims:
+            return
+        stage = name.split(".")[0]
+        self._claims[name] = _RunLock(
+            _locks(self.root) / f"{name}.lock",
+            refused=lambda who: (f"{self.root / stage} is being written by another internalrl process ({who}); "
+                                 "two processes never write one artifact: wait for it to finish (or stop it) "
+                                 "and re-run the command, which then skips what it finished"))
+        if (self.root / stage / "DONE").exists() and name == stage:
+            self._claims.pop(name).release()
+            raise RunDirError(f"{self.root / stage} was finished by another process meanwhile; nothing was changed. "
+                              "Re-run the command: it skips the finished stage")
 
     def path(self, stage: str) -> Path:
         return self.root / stage
@@ -285,8 +388,11 @@ class RunDir:
             raise RunDirError(f"{self.root} has no finished {stage!r} stage; run `internalrl {command} --out {self.root}` first")
         return self.root / stage
 
-    def partial(self, stage: str) -> Path:
-        """Working folder of a stage in progress (kept across a kill so training resumes)."""
+    def partial(self, stage: str, claim: bool = True) -> Path:
+        """Working folder of a stage in progress (kept across a kill so training resumes), claimed for
+        this process (:meth:`claim`) unless ``claim`` is False (a part of the stage is claimed instead)."""
+        if claim:
+            self.claim(stage)
         p = self.root / f".{stage}.partial"
         try:
             p.mkdir(parents=True, exist_ok=True)
@@ -313,6 +419,9 @@ class RunDir:
         if final.exists():  # an unfinished leftover (no DONE)
             shutil.rmtree(final)
         os.replace(tmp, final)
+        claim = self._claims.pop(stage, None)
+        if claim is not None:
+            claim.release()
         self.update_results(stage, metrics)
         return final
 
@@ -323,7 +432,12 @@ class RunDir:
     def update_results(self, stage: str | None = None, metrics: dict | None = None) -> None:
         """Rewrite ``results.json`` from the finished stages' metrics (so a kill between a stage's rename and
         this write loses nothing), plus ``stage``'s ``metrics`` when it is not a stage folder (e.g. a wall time).
-        Each stage's headline goes under its name, its timings under ``"timings"``."""
+        Each stage's headline goes under its name, its timings under ``"timings"``. Under a lock: the
+        processes sharing a run directory rewrite it one at a time, each from every stage finished so far."""
+        with _briefly_locked(_locks(self.root) / RESULTS_LOCK):
+            self._rewrite_results(stage, metrics)
+
+    def _rewrite_results(self, stage: str | None = None, metrics: dict | None = None) -> None:
         results = load_results(self.root)
         if stage is not None and not (self.root / stage / "DONE").exists():
             results = _with_timings_last(results, stage, *_split_timings(metrics.get("headline", metrics)))
