@@ -156,3 +156,12 @@ def test_widths_that_do_not_split_into_heads_name_the_field():
     SequenceModel(replace(CFG, width=30, backbone="transformer", head_dim=8))
     with pytest.raises(ConfigError, match=r"model\.width \(250\) must be divisible by model\.heads \(8\)"):
         load_config("paper", ["model.backbone=hawk", "model.width=250", "model.heads=8"])
+
+
+def test_scan_gradient_is_the_recurrence_gradient():
+    g = torch.Generator().manual_seed(5)
+    a = torch.rand(2, 11, 3, generator=g, dtype=torch.float64).requires_grad_()
+    b = torch.randn(2, 11, 3, generator=g, dtype=torch.float64).requires_grad_()
+    h0 = torch.randn(2, 3, generator=g, dtype=torch.float64).requires_grad_()
+    assert torch.autograd.gradcheck(linear_scan, (a, b, h0))
+    assert torch.autograd.gradcheck(lambda a, b: linear_scan(a, b), (a, b))

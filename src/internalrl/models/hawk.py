@@ -54,19 +54,49 @@ class RecurrentState:
         self.conv, self.h = self.conv[rows], self.h[rows]
 
 
-def linear_scan(a: torch.Tensor, b: torch.Tensor, h0: torch.Tensor | None = None) -> torch.Tensor:
-    """``h_t = a_t h_{t-1} + b_t`` along dim 1 for every t, with ``h_{-1} = h0`` (default 0).
-    ``a, b (B, T, C)``, ``h0 (B, C)`` -> ``h (B, T, C)``. An inclusive Hillis–Steele scan:
-    after the round with offset d, position t holds the composition of the maps t-2d+1..t."""
-    if h0 is not None:
-        b = torch.cat([b[:, :1] + a[:, :1] * h0[:, None], b[:, 1:]], 1)
+def _scan(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """The inclusive Hillis–Steele scan of ``h_t = a_t h_{t-1} + b_t`` (``h_{-1} = 0``) along dim 1,
+    in place on copies: after the round with offset d, position t holds the composition of the
+    maps t-2d+1..t (``b``: its offset, ``a``: its product)."""
+    a, b = a.clone(), b.clone()
     t, d = a.shape[1], 1
     while d < t:
-        b = torch.cat([b[:, :d], b[:, d:] + a[:, d:] * b[:, :-d]], 1)
+        b[:, d:] += a[:, d:] * b[:, :-d]  # the product is formed before the add: no overlap hazard
         if 2 * d < t:  # the last round's products are not read
-            a = torch.cat([a[:, :d], a[:, d:] * a[:, :-d]], 1)
+            a[:, d:] = a[:, d:] * a[:, :-d]
         d *= 2
     return b
+
+
+class _LinearScan(torch.autograd.Function):
+    """The scan with its gradient written out: the backward of a linear recurrence is the same
+    recurrence run backwards, ``g_t = dL/dh_t + a_{t+1} g_{t+1}``, then ``dL/db_t = g_t`` and
+    ``dL/da_t = g_t h_{t-1}``. Autograd through the scan's slices would cost several times more."""
+
+    @staticmethod
+    def forward(ctx, a, b, h0):
+        b = torch.cat([b[:, :1] + a[:, :1] * h0[:, None], b[:, 1:]], 1)
+        h = _scan(a, b)
+        ctx.save_for_backward(a, h, h0)
+        return h
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, grad):
+        a, h, h0 = ctx.saved_tensors
+        a_next = torch.cat([a[:, 1:], torch.zeros_like(a[:, :1])], 1)
+        g = _scan(a_next.flip(1), grad.flip(1)).flip(1)
+        h_prev = torch.cat([h0[:, None], h[:, :-1]], 1)
+        return g * h_prev, g, (a[:, 0] * g[:, 0]) if ctx.needs_input_grad[2] else None
+
+
+def linear_scan(a: torch.Tensor, b: torch.Tensor, h0: torch.Tensor | None = None) -> torch.Tensor:
+    """``h_t = a_t h_{t-1} + b_t`` along dim 1 for every t, with ``h_{-1} = h0`` (default 0).
+    ``a, b (B, T, C)``, ``h0 (B, C)`` -> ``h (B, T, C)``: ``log2 T`` rounds of elementwise
+    products and sums (no loop over time), differentiable in all three."""
+    if h0 is None:
+        h0 = a.new_zeros(a.shape[0], a.shape[2])
+    return _LinearScan.apply(a, b, h0)
 
 
 class BlockDiagonalLinear(nn.Module):
