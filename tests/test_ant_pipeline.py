@@ -16,7 +16,8 @@ from test_cli import TINY  # noqa: E402
 ANT_TINY = ["--set", "data.num_episodes=20", "--set", "model.width=16", "--set", "model.depth=2",
             "--set", "model.heads=2", "--set", "model.mlp=16", "--set", "train.steps=6", "--set", "train.batch_size=4",
             "--set", "train.eval_every=3", "--set", "train.checkpoint_every=2", "--set", "train.snapshots=2",
-            "--set", "train.warmup_steps=1", "--set", "eval.num_envs=4", "--no-progress"]
+            "--set", "train.warmup_steps=1", "--set", "eval.num_envs=4", "--set", "probe.train_episodes=10",
+            "--set", "probe.test_episodes=10", "--set", "probe.fit_steps=5", "--no-progress"]
 
 
 def _files(root: Path) -> dict:
@@ -30,6 +31,7 @@ def ant_run(tmp_path_factory) -> Path:
     assert main(["data", "--env", "ant", "--out", str(out), *ANT_TINY]) == 0
     assert main(["train", "--out", str(out), "--no-progress"]) == 0  # the run's own config and environment
     assert main(["evaluate", "--out", str(out), "--no-progress"]) == 0
+    assert main(["probe", "--out", str(out), "--no-progress"]) == 0
     return out
 
 
@@ -65,6 +67,11 @@ def test_ant_stages_write_their_numbers(ant_run):
     assert sum(ev["free_play_outcomes"].values()) == pytest.approx(1.0)
     metrics = json.loads((ant_run / "eval_base" / "metrics.json").read_text())
     assert metrics["free_play"]["episodes"] == 4 and metrics["posttrain"]["expert"]["episodes"] == 4
+    probes = res["probes"]
+    assert len(probes["accuracy_per_layer"]) == 3 and all(0 <= a <= 1 for a in probes["accuracy_per_layer"])
+    assert 0.25 <= probes["majority_class_rate"] <= 1  # 4 colours
+    over = json.loads((ant_run / "probes" / "metrics.json").read_text())["over_training"]
+    assert sorted(map(int, over)) == [3, 6]  # both snapshots
 
 
 def test_finished_ant_stages_are_skipped(ant_run, capsys):
@@ -81,7 +88,7 @@ def test_a_grid_command_on_an_ant_run_is_refused(ant_run, capsys):
         assert main([*cmd, "--out", str(ant_run), "--no-progress"]) == 2
         err = capsys.readouterr().err
         assert "holds an ant run" in err and "--env grid" in err and "nothing was changed" in err
-    for cmd in (["probe", "--out", str(ant_run)], ["controllers", "--out", str(ant_run)],
+    for cmd in (["metacontroller", "--out", str(ant_run)], ["controllers", "--out", str(ant_run)],
                 ["rl", "--out", str(ant_run)], ["report", "--out", str(ant_run)], ["steerability", str(ant_run)]):
         assert main(cmd) == 2
         assert "does not run on the ant-pinpad yet" in capsys.readouterr().err

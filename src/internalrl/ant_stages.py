@@ -190,5 +190,44 @@ def stage_eval_base(cfg: Config, run: RunDir, progress: bool = True):
                       {"headline": headline, **results})
 
 
+def stage_probes(cfg: Config, run: RunDir, progress: bool = True):
+    """Layer-wise linear probes of the ground-truth subgoal (SPEC §4; for the ant a subgoal is one colour, the
+    next to visit), fitted on D*'s training episodes and scored on its held-out ones, for the final model and
+    every training snapshot (the grid's probes, :func:`internalrl.analysis.probes.probe_layers`)."""
+    from .analysis.probes import probe_layers
+
+    if run.done("probes"):
+        _log("probes: finished earlier, skipped")
+        return run.path("probes")
+    t0 = time.perf_counter()
+    device = resolve_device(cfg.train.device)
+    data = load_trajectories(run.require("data_clean", "data --env ant"))
+    base = run.require("base_model", "train --env ant")
+    train_idx, val_idx = data.split(cfg.data.val_fraction)
+    fit_idx, test_idx = train_idx[: cfg.probe.train_episodes], val_idx[: cfg.probe.test_episodes]
+    k = cfg.env.spec().num_subgoals
+    final = probe_layers(load_model(base, device=device), data, fit_idx, test_idx, k, device, steps=cfg.probe.fit_steps)
+    final.pop("probes")
+    over_training = {}
+    if cfg.probe.over_training:
+        for snap in sorted((base / "snapshots").glob("step_*.safetensors")):
+            step = int(snap.stem.split("_")[1])
+            if step == cfg.train.steps:
+                over_training[step] = final["accuracy_per_layer"]
+                continue
+            m = load_model(base / "snapshots", name=snap.stem, device=device)
+            over_training[step] = probe_layers(m, data, fit_idx, test_idx, k, device,
+                                               steps=cfg.probe.fit_steps)["accuracy_per_layer"]
+            _log(f"probes: snapshot step {step}: " + " ".join(f"{a:.3f}" for a in over_training[step]))
+    acc = final["accuracy_per_layer"]
+    headline = {"accuracy_per_layer": acc, "best_layer": int(np.argmax(acc)),
+                "majority_class_rate": final["majority_class_rate"], "seconds": time.perf_counter() - t0}
+    _log("probes: next-colour accuracy per layer (0 = embedding): " + " ".join(f"{a:.3f}" for a in acc)
+         + f" (majority class {final['majority_class_rate']:.3f})")
+    run.partial("probes")
+    return run.finish("probes", {"probe": asdict(cfg.probe), "seed": cfg.seed},
+                      {"headline": headline, **final, "over_training": over_training})
+
+
 #: The stage functions of each ant command (the grid's pipeline has the others).
-STAGES = {"data": [stage_data], "train": [stage_base_model], "evaluate": [stage_eval_base]}
+STAGES = {"data": [stage_data], "train": [stage_base_model], "evaluate": [stage_eval_base], "probe": [stage_probes]}
