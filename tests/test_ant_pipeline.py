@@ -17,7 +17,8 @@ ANT_TINY = ["--set", "data.num_episodes=20", "--set", "model.width=16", "--set",
             "--set", "model.heads=2", "--set", "model.mlp=16", "--set", "train.steps=6", "--set", "train.batch_size=4",
             "--set", "train.eval_every=3", "--set", "train.checkpoint_every=2", "--set", "train.snapshots=2",
             "--set", "train.warmup_steps=1", "--set", "eval.num_envs=4", "--set", "probe.train_episodes=10",
-            "--set", "probe.test_episodes=10", "--set", "probe.fit_steps=5", "--no-progress"]
+            "--set", "probe.test_episodes=10", "--set", "probe.fit_steps=5", "--set", "controllers.steps=3", "--set", "controllers.batch_size=4",
+            "--no-progress"]
 
 
 def _files(root: Path) -> dict:
@@ -32,6 +33,7 @@ def ant_run(tmp_path_factory) -> Path:
     assert main(["train", "--out", str(out), "--no-progress"]) == 0  # the run's own config and environment
     assert main(["evaluate", "--out", str(out), "--no-progress"]) == 0
     assert main(["probe", "--out", str(out), "--no-progress"]) == 0
+    assert main(["controllers", "--out", str(out), "--no-progress"]) == 0
     return out
 
 
@@ -72,6 +74,12 @@ def test_ant_stages_write_their_numbers(ant_run):
     assert 0.25 <= probes["majority_class_rate"] <= 1  # 4 colours
     over = json.loads((ant_run / "probes" / "metrics.json").read_text())["over_training"]
     assert sorted(map(int, over)) == [3, 6]  # both snapshots
+    ctl = res["controllers"]
+    assert ctl["rank"] == "full" and ctl["layers"] == [0, 1, 2] and ctl["layer"] == 1
+    assert len(ctl["posttrain_success_per_layer"]) == 3 and len(ctl["posttrain_success_mean_actions_per_layer"]) == 3
+    assert isinstance(ctl["heldout_nll"], float)
+    assert sorted(p.name for p in (ant_run / "controllers").glob("controllers_layer*.safetensors")) == [
+        f"controllers_layer{i}.safetensors" for i in range(3)]
 
 
 def test_finished_ant_stages_are_skipped(ant_run, capsys):
@@ -88,7 +96,7 @@ def test_a_grid_command_on_an_ant_run_is_refused(ant_run, capsys):
         assert main([*cmd, "--out", str(ant_run), "--no-progress"]) == 2
         err = capsys.readouterr().err
         assert "holds an ant run" in err and "--env grid" in err and "nothing was changed" in err
-    for cmd in (["metacontroller", "--out", str(ant_run)], ["controllers", "--out", str(ant_run)],
+    for cmd in (["metacontroller", "--out", str(ant_run)], ["sweep-alpha", "--out", str(ant_run)],
                 ["rl", "--out", str(ant_run)], ["report", "--out", str(ant_run)], ["steerability", str(ant_run)]):
         assert main(cmd) == 2
         assert "does not run on the ant-pinpad yet" in capsys.readouterr().err
