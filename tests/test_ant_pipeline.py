@@ -18,7 +18,7 @@ ANT_TINY = ["--set", "data.num_episodes=20", "--set", "model.width=16", "--set",
             "--set", "train.eval_every=3", "--set", "train.checkpoint_every=2", "--set", "train.snapshots=2",
             "--set", "train.warmup_steps=1", "--set", "eval.num_envs=4", "--set", "probe.train_episodes=10",
             "--set", "probe.test_episodes=10", "--set", "probe.fit_steps=5", "--set", "controllers.steps=3", "--set", "controllers.batch_size=4",
-            "--no-progress"]
+            "--set", "metacontroller.steps=3", "--set", "metacontroller.batch_size=4", "--no-progress"]
 
 
 def _files(root: Path) -> dict:
@@ -34,6 +34,7 @@ def ant_run(tmp_path_factory) -> Path:
     assert main(["evaluate", "--out", str(out), "--no-progress"]) == 0
     assert main(["probe", "--out", str(out), "--no-progress"]) == 0
     assert main(["controllers", "--out", str(out), "--no-progress"]) == 0
+    assert main(["metacontroller", "--out", str(out), "--no-progress"]) == 0
     return out
 
 
@@ -80,6 +81,12 @@ def test_ant_stages_write_their_numbers(ant_run):
     assert isinstance(ctl["heldout_nll"], float)
     assert sorted(p.name for p in (ant_run / "controllers").glob("controllers_layer*.safetensors")) == [
         f"controllers_layer{i}.safetensors" for i in range(3)]
+    meta = res["metacontroller"]
+    assert meta["rank"] == "full" and meta["layer"] == 1
+    for key in ("f1", "action_nll", "kl", "cotrained_f1", "cotrained_action_nll"):
+        assert isinstance(meta[key], float), key
+    assert (ant_run / "metacontroller" / "frozen.safetensors").exists()
+    assert (ant_run / "metacontroller" / "cotrained_base.safetensors").exists()
 
 
 def test_finished_ant_stages_are_skipped(ant_run, capsys):
@@ -96,7 +103,7 @@ def test_a_grid_command_on_an_ant_run_is_refused(ant_run, capsys):
         assert main([*cmd, "--out", str(ant_run), "--no-progress"]) == 2
         err = capsys.readouterr().err
         assert "holds an ant run" in err and "--env grid" in err and "nothing was changed" in err
-    for cmd in (["metacontroller", "--out", str(ant_run)], ["sweep-alpha", "--out", str(ant_run)],
+    for cmd in (["run", "--out", str(ant_run)], ["sweep-alpha", "--out", str(ant_run)],
                 ["rl", "--out", str(ant_run)], ["report", "--out", str(ant_run)], ["steerability", str(ant_run)]):
         assert main(cmd) == 2
         assert "does not run on the ant-pinpad yet" in capsys.readouterr().err

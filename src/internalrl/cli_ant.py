@@ -1,4 +1,4 @@
-"""The command line's ant-pinpad commands: ``internalrl data|train|evaluate|probe|controllers|bench --env ant``.
+"""The command line's ant-pinpad commands: ``internalrl data|train|evaluate|probe|controllers|metacontroller|bench --env ant``.
 
 The environment of a run directory is part of its config (``env.name`` in ``run.json``), so an
 ant command pointed at a grid run (or the reverse) is refused with both names before anything
@@ -13,7 +13,7 @@ from .config import ConfigError
 from .rundir import RunDir, RunDirError, read_run_json
 
 #: The commands that run on an ant run directory so far.
-ANT_COMMANDS = ("data", "train", "evaluate", "probe", "controllers")
+ANT_COMMANDS = ("data", "train", "evaluate", "probe", "controllers", "metacontroller")
 
 
 def stored_env(root: Path) -> str | None:
