@@ -90,11 +90,15 @@ def test_ant_stages_write_their_numbers(ant_run):
 
 
 def test_finished_ant_stages_are_skipped(ant_run, capsys):
-    before = _files(ant_run)
+    before = {k: v for k, v in _files(ant_run).items() if k != "results.json"}
     assert main(["evaluate", "--out", str(ant_run), "--no-progress"]) == 0
     assert "eval_base: finished earlier, skipped" in capsys.readouterr().out
     assert main(["train", "--env", "ant", "--out", str(ant_run), "--no-progress"]) == 0
-    assert _files(ant_run) == before
+    assert main(["run", "--out", str(ant_run), "--no-progress"]) == 0  # every stage finished: all skipped
+    out = capsys.readouterr().out
+    assert out.count("finished earlier, skipped") == 1 + 7 and "done in" in out  # train, then run's seven
+    assert {k: v for k, v in _files(ant_run).items() if k != "results.json"} == before
+    assert "wall_seconds_last_invocation" in json.loads((ant_run / "results.json").read_text())["timings"]
 
 
 def test_a_grid_command_on_an_ant_run_is_refused(ant_run, capsys):
@@ -103,7 +107,7 @@ def test_a_grid_command_on_an_ant_run_is_refused(ant_run, capsys):
         assert main([*cmd, "--out", str(ant_run), "--no-progress"]) == 2
         err = capsys.readouterr().err
         assert "holds an ant run" in err and "--env grid" in err and "nothing was changed" in err
-    for cmd in (["run", "--out", str(ant_run)], ["sweep-alpha", "--out", str(ant_run)],
+    for cmd in (["experiment", "--env", "ant", "--out", str(ant_run)], ["sweep-alpha", "--out", str(ant_run)],
                 ["rl", "--out", str(ant_run)], ["report", "--out", str(ant_run)], ["steerability", str(ant_run)]):
         assert main(cmd) == 2
         assert "does not run on the ant-pinpad yet" in capsys.readouterr().err

@@ -344,3 +344,5 @@ def stage_metacontroller(cfg: Config, run: RunDir, progress: bool = True):
 #: The stage functions of each ant command (the grid's pipeline has the others).
 STAGES = {"data": [stage_data], "train": [stage_base_model], "evaluate": [stage_eval_base], "probe": [stage_probes],
           "controllers": [stage_controllers], "metacontroller": [stage_metacontroller]}
+#: ``run --env ant``: every ant stage so far, in order (internal RL and the report are the grid's alone so far).
+STAGES["run"] = [stage_data, stage_base_model, stage_eval_base, stage_probes, stage_controllers, stage_metacontroller]

@@ -174,8 +174,9 @@ def bench_ant_train(cfg: Config, model_cfg, steps: int = 5, length: int = ANT_BE
 
 @torch.no_grad()
 def bench_ant_acting(cfg: Config, model_cfg, num_envs: int, with_env: bool) -> dict:
-    """Steps/s of one backbone acting, one cached step at a time, for the whole horizon on ``num_envs``
-    environments: the model alone (random observations), or with the ant-pinpad stepping (live steps only)."""
+    """Steps/s of one backbone acting, one cached step at a time, on ``num_envs`` environments: the model alone
+    on random observations for the whole horizon, or with the ant-pinpad stepping until every episode has ended
+    (live environment steps only; the model computes every row, as a rollout without row dropping does)."""
     from .envs.ant import BatchedAntPinpad
 
     device = resolve_device(cfg.train.device)
@@ -198,6 +199,8 @@ def bench_ant_acting(cfg: Config, model_cfg, num_envs: int, with_env: bool) -> d
         if with_env:
             steps += int((~env.done).sum())
             obs, *_ = env.step(a.cpu().numpy())
+            if env.done.all():  # an untrained model's ant falls within tens of steps
+                break
         else:
             steps += num_envs
     _sync(device)

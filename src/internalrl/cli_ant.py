@@ -1,4 +1,4 @@
-"""The command line's ant-pinpad commands: ``internalrl data|train|evaluate|probe|controllers|metacontroller|bench --env ant``.
+"""The command line's ant-pinpad commands: ``internalrl run|data|train|evaluate|probe|controllers|metacontroller|bench --env ant``.
 
 The environment of a run directory is part of its config (``env.name`` in ``run.json``), so an
 ant command pointed at a grid run (or the reverse) is refused with both names before anything
@@ -7,13 +7,14 @@ is written. The ant has its own presets (``quick``, ``paper``: :data:`internalrl
 from __future__ import annotations
 
 import json
+import time
 from pathlib import Path
 
 from .config import ConfigError
 from .rundir import RunDir, RunDirError, read_run_json
 
 #: The commands that run on an ant run directory so far.
-ANT_COMMANDS = ("data", "train", "evaluate", "probe", "controllers", "metacontroller")
+ANT_COMMANDS = ("run", "data", "train", "evaluate", "probe", "controllers", "metacontroller")
 
 
 def stored_env(root: Path) -> str | None:
@@ -72,11 +73,18 @@ def dispatch(args, cfg) -> int:
         raise ConfigError(f"--minutes must be positive, got {minutes}")
     run = RunDir(args.out or f"runs/ant-{args.preset or 'quick'}-seed{cfg.seed}", cfg)
     progress = not args.no_progress
+    t0 = time.perf_counter()
     for stage in ant_stages.STAGES[cmd]:
         if stage is ant_stages.stage_base_model:
-            stage(cfg, run, progress=progress, minutes=minutes)
+            if stage(cfg, run, progress=progress, minutes=minutes) is None:
+                return 0  # stopped after --minutes, with a checkpoint: the same command continues
         else:
             stage(cfg, run, progress=progress)
+    if cmd == "run":
+        elapsed = time.perf_counter() - t0
+        run.update_results("wall_seconds_last_invocation", {"seconds": elapsed})
+        print(f"[internalrl] done in {elapsed / 60:.1f} min; numbers: {run.root / 'results.json'} (the ant has no "
+              "internal RL stage or report yet)")
     return 0
 
 
