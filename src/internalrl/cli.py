@@ -1,7 +1,7 @@
 """Command line: one subcommand per stage, and ``run`` for the whole pipeline.
 
     internalrl run --preset quick --out runs/quick          # the whole gridworld pipeline
-    internalrl data|train|evaluate --env ant --out DIR [--preset quick|paper]   # the ant-pinpad's first stages
+    internalrl run|data|train|evaluate|probe|controllers|metacontroller --env ant --out DIR [--preset quick|paper]
     internalrl data|train|evaluate|probe|controllers|metacontroller --out DIR [--preset P] [--seed N] [--set section.field=value ...]
       (on an existing run, every command uses the config in its run.json; --set may change only rl.*)
     internalrl rl --out DIR --method internal|raw|no-switch|cotrained|compile [--task 0-1-2-3] [--episodes N]
