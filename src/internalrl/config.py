@@ -316,6 +316,8 @@ def _ant_quick() -> Config:
     c.train = TrainConfig(steps=2000, batch_size=32, lr=2e-3, weight_decay=0.03, obs_loss_weight=10.0,
                           warmup_steps=100, final_lr_fraction=0.1, eval_every=500, checkpoint_every=250, snapshots=4)
     c.eval.num_envs = 512
+    # [choice] ~58k steps fit a probe: the grid's 2000 episodes (~580k ant steps) took over 9 CPU-minutes per model
+    c.probe = ProbeConfig(train_episodes=200, test_episodes=100, fit_steps=300)
     c.controllers = ControllerConfig(rank=0, steps=500, batch_size=32, lr=1e-3)  # SPEC §4: full rank for the ant
     c.metacontroller = MetacontrollerConfig(rank=0, steps=2000, batch_size=32, lr=1e-3)
     return c
