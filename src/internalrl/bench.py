@@ -133,3 +133,95 @@ def run_benchmarks(cfg: Config, num_envs: int = 1024) -> dict:
     out["acting"] = bench_acting(cfg, num_envs)
     out["internal_rl_rollout"] = bench_internal(cfg, num_envs)
     return out
+
+
+# ------------------------------------------------------------------ the ant: Hawk beside a transformer
+ANT_BENCH_LENGTH = 300  # [choice] tokens per training sequence: about an ant episode's mean length in D
+
+
+def same_width_transformer(model_cfg):
+    """The transformer of ``model_cfg``'s width, depth, MLP and heads (head_dim = width / heads)."""
+    from dataclasses import replace
+
+    heads = model_cfg.heads if model_cfg.width % model_cfg.heads == 0 else 1
+    return replace(model_cfg, backbone="transformer", heads=heads, head_dim=model_cfg.width // heads)
+
+
+def bench_ant_train(cfg: Config, model_cfg, steps: int = 5, length: int = ANT_BENCH_LENGTH) -> dict:
+    """Training tokens/s of one backbone on ant-shaped batches (random numbers: the cost does not depend on them)."""
+    from .data import Batch
+
+    device = resolve_device(cfg.train.device)
+    torch.manual_seed(0)
+    model = SequenceModel(model_cfg).to(device)
+    opt = torch.optim.AdamW(model.parameters(), lr=cfg.train.lr)
+    b = cfg.train.batch_size
+    g = torch.Generator().manual_seed(0)
+    batch = Batch(torch.randn(b, length + 1, model_cfg.obs_dim, generator=g),
+                  torch.randn(b, length, model_cfg.action_dim, generator=g).clamp(-1, 1),
+                  torch.ones(b, length, dtype=torch.bool), torch.zeros(b, length, dtype=torch.long)).to(device)
+    elapsed = 0.0
+    for i in range(steps + 1):
+        _sync(device)
+        t0 = time.perf_counter()
+        train_step(model, opt, batch, cfg.train)
+        _sync(device)
+        if i >= 1:  # the first step warms up allocators
+            elapsed += time.perf_counter() - t0
+    return {"tokens_per_s": steps * b * length / elapsed, "train_steps_per_s": steps / elapsed, "batch_size": b,
+            "sequence_length": length, "parameters": sum(p.numel() for p in model.parameters())}
+
+
+@torch.no_grad()
+def bench_ant_acting(cfg: Config, model_cfg, num_envs: int, with_env: bool) -> dict:
+    """Steps/s of one backbone acting, one cached step at a time, on ``num_envs`` environments: the model alone
+    on random observations for the whole horizon, or with the ant-pinpad stepping until every episode has ended
+    (live environment steps only; the model computes every row, as a rollout without row dropping does)."""
+    from .envs.ant import BatchedAntPinpad
+
+    device = resolve_device(cfg.train.device)
+    spec = cfg.env.spec()
+    torch.manual_seed(0)
+    model = SequenceModel(model_cfg).to(device).eval()
+    gen = torch.Generator(device=device).manual_seed(0)
+    state = model.initial_state(num_envs, device)
+    if with_env:
+        env = BatchedAntPinpad(num_envs, parse_task_set(cfg.env.pretrain_tasks, spec.num_objects), spec, seed=0)
+        obs = env.reset(free_play=True)
+    else:
+        obs_all = torch.randn(spec.horizon, num_envs, model_cfg.obs_dim, generator=torch.Generator().manual_seed(0))
+    steps = 0
+    _sync(device)
+    t0 = time.perf_counter()
+    for t in range(spec.horizon):
+        o = torch.as_tensor(obs, device=device) if with_env else obs_all[t].to(device)
+        a = model.act(o, state, gen)
+        if with_env:
+            steps += int((~env.done).sum())
+            obs, *_ = env.step(a.cpu().numpy())
+            if env.done.all():  # an untrained model's ant falls within tens of steps
+                break
+        else:
+            steps += num_envs
+    _sync(device)
+    key = "env_steps_per_s" if with_env else "model_steps_per_s"
+    return {key: steps / (time.perf_counter() - t0), "num_envs": num_envs, "steps": steps}
+
+
+def run_ant_benchmarks(cfg: Config, num_envs: int = 256, progress: bool = True) -> dict:
+    """The configured backbone (Hawk for the ant presets) beside a transformer of the same width: training
+    tokens/s, and acting steps/s on ``num_envs`` environments (the model alone, and with the ant stepping)."""
+    device = resolve_device(cfg.train.device)
+    out = {"device": str(device), "torch_threads": torch.get_num_threads()}
+    if device.type == "cuda":
+        out["gpu"] = torch.cuda.get_device_name(0)
+    models = {cfg.model.backbone: cfg.model}
+    if cfg.model.backbone != "transformer":
+        models["transformer"] = same_width_transformer(cfg.model)
+    for name, mc in models.items():
+        if progress:
+            print(f"[internalrl] bench: {name} (width {mc.width}, depth {mc.depth})", flush=True)
+        out[name] = {"pretraining": bench_ant_train(cfg, mc),
+                     "acting_model_only": bench_ant_acting(cfg, mc, num_envs, with_env=False),
+                     "acting_with_env": bench_ant_acting(cfg, mc, num_envs, with_env=True)}
+    return out

@@ -1,6 +1,7 @@
 """Command line: one subcommand per stage, and ``run`` for the whole pipeline.
 
     internalrl run --preset quick --out runs/quick [--tensorboard]   # the whole gridworld pipeline
+    internalrl run|data|train|evaluate|probe|controllers|metacontroller --env ant --out DIR [--preset quick|paper]
     internalrl data|train|evaluate|probe|controllers|metacontroller --out DIR [--preset P] [--seed N] [--set section.field=value ...]
       (on an existing run, every command uses the config in its run.json; --set may change only rl.*)
     internalrl rl --out DIR --method internal|raw|no-switch|cotrained|compile [--task 0-1-2-3] [--episodes N]
@@ -24,7 +25,7 @@ import time
 from pathlib import Path
 
 from .atomic import describe_os_error
-from .config import PRESETS, dumps, load_config
+from .config import ENVS, PRESETS, dumps, load_config
 from .errors import USER_ERRORS, ConfigError, RunDirError
 from .rundir import RunDir, read_run_json, set_command, stored_config
 from . import cli_pretrained
@@ -36,6 +37,9 @@ def _common(p: argparse.ArgumentParser, out: bool = True) -> None:
     p.add_argument("--seed", type=int, default=None, help="random seed (default 0)")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="SECTION.FIELD=VALUE",
                    help="override any config field, e.g. --set train.steps=500 (repeatable)")
+    p.add_argument("--env", choices=ENVS, default=None,
+                   help="environment: grid or ant (default: the run's own when --out holds a run, else grid); "
+                        "the presets are the environment's")
     if out:
         p.add_argument("--out", default=None, help="run directory (default runs/<preset>-seed<seed>)")
         p.add_argument("--no-progress", action="store_true", help="no progress bars")
@@ -53,8 +57,11 @@ def _config(args):
     if args.seed is not None:
         overrides.append(f"seed={args.seed}")
     out = getattr(args, "out", None)
+    from .cli_ant import run_env
+
+    env = run_env(args)  # refuses an --env that differs from the run's in --out
     base = stored_config(Path(out)) if out and args.preset is None and args.command != "experiment" else None
-    return load_config(args.preset or "quick", overrides, base=base)
+    return load_config(args.preset or "quick", overrides, base=base, env=env)
 
 
 def _run_dir(args, cfg, shared: bool = False) -> RunDir:
@@ -194,7 +201,8 @@ def _main(argv: list[str]) -> int:
     p.add_argument("--out", required=True)
     p = sub.add_parser("bench", help="throughput benchmarks (env, pretraining, acting)")
     _common(p, out=False)
-    p.add_argument("--envs", type=int, default=1024, help="batch of environments for acting (default 1024)")
+    p.add_argument("--envs", type=int, default=None,
+                   help="batch of environments for acting (default 1024 for the grid, 256 for the ant)")
     p.add_argument("--json", default=None, help="also write the numbers to this file")
     p = sub.add_parser("config", help="print the resolved config")
     _common(p, out=False)
@@ -211,6 +219,9 @@ def _dispatch(args) -> int:
         return _ant_data(args)
     if args.command == "steerability":
         from .analysis.steerability import SteerabilityConfig, run_steerability
+        from .cli_ant import refuse_ant_run
+
+        refuse_ant_run(args.run_dir, "steerability")
 
         sc = SteerabilityConfig(layer=args.layer, rank=args.rank, steps=args.steps, batch_size=args.batch_size,
                                 lr=args.lr, episodes=args.episodes, seed=args.seed)
@@ -227,16 +238,23 @@ def _dispatch(args) -> int:
         root = Path(args.out)
         if read_run_json(root) is None:
             raise RunDirError(f"{root} is not an internalrl run (no run.json)")
+        from .cli_ant import refuse_ant_run
+
+        refuse_ant_run(root, "report")  # its sections read the gridworld's stages
         print(write_report(root))
         return 0
     cfg = _config(args)
     if args.command == "config":
         print(dumps(cfg))
         return 0
+    if cfg.env.name == "ant":
+        from . import cli_ant
+
+        return cli_ant.dispatch(args, cfg)
     if args.command == "bench":
         from .bench import run_benchmarks
 
-        res = run_benchmarks(cfg, args.envs)
+        res = run_benchmarks(cfg, args.envs or 1024)
         text = json.dumps(res, indent=2)
         print(text)
         if args.json:

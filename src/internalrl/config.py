@@ -1,7 +1,9 @@
 """Dataclass configs with the paper's defaults, named presets, and validated overrides.
 
 ``load_config("quick", ["train.steps=500", "seed=3"])`` returns a :class:`Config`; a bad
-value raises :class:`ConfigError` naming the field.
+value raises :class:`ConfigError` naming the field. ``load_config("quick", env="ant")`` is the
+ant-pinpad's preset of that name (:data:`ENV_PRESETS`); ``env.name`` records which environment a
+config is for.
 """
 from __future__ import annotations
 
@@ -12,15 +14,19 @@ from typing import Any
 
 from .baselines.compile import CompileConfig
 from .envs.gridworld import GridSpec
-from .envs.tasks import GRID_POSTTRAIN_TASK, TaskError, parse_task_set
+from .envs.tasks import ANT_POSTTRAIN_TASK, GRID_POSTTRAIN_TASK, TaskError, parse_task_set
 from .errors import ConfigError
 from .metacontroller import MetacontrollerConfig
 from .models.sequence_model import ModelConfig
 from .rl.train import RLConfig
 
 
+ENVS = ("grid", "ant")
+
+
 @dataclass
 class EnvConfig:
+    name: str = "grid"  # "grid" (gridworld-pinpad) or "ant" (ant-pinpad, MuJoCo); the rest of the section is its shape
     size: int = 7
     num_objects: int = 8
     num_walls: int = 4
@@ -28,7 +34,13 @@ class EnvConfig:
     pretrain_tasks: str = "grid-pretrain"  # a named task set or comma-separated task strings
     posttrain_task: str = GRID_POSTTRAIN_TASK
 
-    def spec(self) -> GridSpec:
+    def spec(self):
+        """The environment's spec: a :class:`GridSpec`, or an :class:`~internalrl.envs.ant.AntSpec` for the ant
+        (its [choice] physics fields at their defaults, docs/ant.md)."""
+        if self.name == "ant":
+            from .envs.ant import AntSpec
+
+            return AntSpec(self.size, self.num_objects, self.num_walls, self.horizon)
         return GridSpec(self.size, self.num_objects, self.num_walls, self.horizon)
 
 
@@ -116,6 +128,8 @@ class Config:
         _check_types_and_finite(self)
         if not 0 <= self.seed < 2 ** 31:
             raise ConfigError(f"seed must be in 0..{2 ** 31 - 1}, got {self.seed}")
+        if self.env.name not in ENVS:
+            raise ConfigError(f"env.name must be one of {', '.join(ENVS)}, got {self.env.name!r}")
         if self.env.size > MAX_GRID_SIZE:
             raise ConfigError(f"env.size must be at most {MAX_GRID_SIZE} (agent cells are stored as 8-bit numbers; the "
                               f"paper's grid is 7), got {self.env.size}")
@@ -135,6 +149,8 @@ class Config:
             self.model.validate()
         except ValueError as e:
             raise ConfigError(str(e)) from None
+        if self.env.name == "ant":
+            self._validate_ant()
         if self.model.max_len < spec.horizon + 1:
             raise ConfigError(f"model.max_len ({self.model.max_len}) must be at least env.horizon + 1 ({spec.horizon + 1})")
         checks = [
@@ -184,6 +200,23 @@ class Config:
                 section, key = name.split(".")
                 raise ConfigError(f"{name} must be {what}, got {getattr(getattr(self, section), key)!r}")
         return self
+
+
+    def _validate_ant(self) -> None:
+        """What the ant's data and heads fix: 8 continuous actions, Gaussian heads, a linear embedding."""
+        from .envs.ant import NUM_ACTIONS
+
+        m = self.model
+        for name, ok, what in (
+            ("model.action_dim", m.action_dim == NUM_ACTIONS, f"{NUM_ACTIONS} (the ant's joint torques)"),
+            ("model.action_type", m.action_type == "gaussian", "'gaussian' for the ant's continuous actions"),
+            ("model.obs_type", m.obs_type == "gaussian", "'gaussian' for the ant's continuous observations"),
+            ("model.obs_encoder", m.obs_encoder == "linear", "'linear' for the ant (the others read a grid)"),
+            ("train.soft_targets", not self.train.soft_targets, "false for the ant (a gridworld expert's posterior)"),
+        ):
+            if not ok:
+                section, key = name.split(".")
+                raise ConfigError(f"{name} must be {what}, got {getattr(getattr(self, section), key)!r}")
 
 
 MAX_GRID_SIZE = 11  # 121 cells: the largest grid whose cell numbers fit the dataset's int8 agent column
@@ -261,7 +294,49 @@ def _paper() -> Config:
     return Config()  # the dataclass defaults are the paper's values (Tables A4/A16)
 
 
+def _ant_env() -> EnvConfig:
+    # the paper's ant-pinpad (SPEC §1.2): G=4, O=4, W=1, T=500, Table A2's tasks, post-training 0-1-2-3
+    return EnvConfig(name="ant", size=4, num_objects=4, num_walls=1, horizon=500, pretrain_tasks="ant-pretrain",
+                     posttrain_task=ANT_POSTTRAIN_TASK)
+
+
+def _ant_model(**kw) -> ModelConfig:
+    return ModelConfig(obs_dim=41, action_dim=8, action_type="gaussian", obs_type="gaussian", backbone="hawk",
+                       max_len=512, **kw)
+
+
+def _ant_quick() -> Config:
+    """The ant on one CPU core: a small Hawk trained for minutes on a few thousand expert episodes."""
+    c = Config(env=_ant_env())
+    c.data.num_episodes = 3000  # [choice] about 0.8M steps; 3 min of expert rollouts per dataset on one core
+    c.model = _ant_model(width=64, depth=4, heads=4, mlp=128)
+    # [choice] batch 32 (ant episodes are ~280 steps: ~9k tokens a step), lr 2e-3 with a short warm-up
+    c.train = TrainConfig(steps=2000, batch_size=32, lr=2e-3, weight_decay=0.03, obs_loss_weight=10.0,
+                          warmup_steps=100, final_lr_fraction=0.1, eval_every=500, checkpoint_every=250, snapshots=4)
+    c.eval.num_envs = 512
+    # [choice] ~58k steps fit a probe: the grid's 2000 episodes (~580k ant steps) took over 9 CPU-minutes per model
+    c.probe = ProbeConfig(train_episodes=200, test_episodes=100, fit_steps=300)
+    c.controllers = ControllerConfig(rank=0, steps=500, batch_size=32, lr=1e-3)  # SPEC §4: full rank for the ant
+    c.metacontroller = MetacontrollerConfig(rank=0, steps=2000, batch_size=32, lr=1e-3)
+    return c
+
+
+def _ant_paper() -> Config:
+    """Tables A5/A15: Hawk width 256, depth 8, LRU width 256, 8 heads, MLP 512 ReLU; λ = 10; AdamW lr 3e-4,
+    wd 0.03, batch 512, 204.8k steps. The metacontroller: 32k steps, batch 128, lr 3e-4, full-rank U (SPEC §5)."""
+    c = Config(env=_ant_env())
+    c.data.num_episodes = 20_000  # [choice] the paper does not give its dataset size; ~2 GB padded to T = 500
+    c.model = _ant_model(width=256, depth=8, heads=8, mlp=512, lru_width=256)
+    c.train = TrainConfig(steps=204_800, batch_size=512, lr=3e-4, weight_decay=0.03, obs_loss_weight=10.0)
+    c.controllers.rank = 0
+    c.metacontroller = MetacontrollerConfig(rank=0, steps=32_000, batch_size=128, lr=3e-4)
+    return c
+
+
 PRESETS = {"quick": _quick, "long": _long, "paper": _paper}
+ANT_PRESETS = {"quick": _ant_quick, "paper": _ant_paper}
+#: The named presets of each environment (``--env ant --preset quick``).
+ENV_PRESETS = {"grid": PRESETS, "ant": ANT_PRESETS}
 
 
 def coerce(value: str, current: Any, name: str) -> Any:
@@ -304,15 +379,25 @@ def apply_overrides(cfg: Config, overrides: list[str]) -> Config:
     return cfg
 
 
-def load_config(preset: str = "quick", overrides: list[str] = (), base: Config | None = None) -> Config:
-    """The preset (or ``base``, e.g. a run's stored config) with the overrides, validated."""
-    if base is None and preset not in PRESETS:
-        raise ConfigError(f"unknown preset {preset!r}; choose one of: {', '.join(PRESETS)}")
-    cfg = PRESETS[preset]() if base is None else base
+def load_config(preset: str = "quick", overrides: list[str] = (), base: Config | None = None,
+                env: str = "grid") -> Config:
+    """The preset of environment ``env`` (or ``base``, e.g. a run's stored config) with the overrides, validated."""
+    if base is None:
+        if env not in ENV_PRESETS:
+            raise ConfigError(f"unknown environment {env!r}; choose one of: {', '.join(ENV_PRESETS)}")
+        presets = ENV_PRESETS[env]
+        if preset not in presets:
+            raise ConfigError(f"unknown preset {preset!r} for env {env}; choose one of: {', '.join(presets)}")
+    cfg = ENV_PRESETS[env][preset]() if base is None else base
+    name = cfg.env.name
     apply_overrides(cfg, list(overrides))
+    if cfg.env.name != name:
+        raise ConfigError(f"env.name cannot be changed by an override (the presets of {name} were read); "
+                          f"choose the environment with --env {cfg.env.name}")
     if _spec_ok(cfg):
         cfg.model.obs_dim = cfg.env.spec().obs_dim
-        cfg.model.grid_size = cfg.env.size
+        if cfg.env.name == "grid":
+            cfg.model.grid_size = cfg.env.size
     return cfg.validate()
 
 
@@ -344,6 +429,8 @@ def config_from_dict(values: dict, where: str = "config") -> Config:
 
 
 def _spec_ok(cfg: Config) -> bool:
+    if cfg.env.name not in ENVS:
+        return False
     try:
         cfg.env.spec()
         return True

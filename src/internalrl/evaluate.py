@@ -72,3 +72,42 @@ def evaluate_policy(model: SequenceModel, spec: GridSpec, pretrain: list[Task], 
     post_env = BatchedGridPinpad(num_envs, posttrain, spec, seed=seed + 1)
     post = rollout_base_model(model, post_env, free_play=False, seed=seed + 1, temperature=temperature, device=device)
     return {"free_play": free, "posttrain": post, "free_env": free_env}
+
+
+@torch.no_grad()
+def rollout_ant_base_model(model: SequenceModel, env, *, free_play: bool, seed: int, temperature: float = 1.0,
+                           device="cpu") -> dict:
+    """The base model as a policy on a :class:`~internalrl.envs.ant.BatchedAntPinpad` batch: one lock-step batch
+    of episodes, actions sampled from the Gaussian head (``temperature=0``: its mean), clipped to [-1, 1] by the
+    environment. Returns the success rate, colours done, and how the episodes ended (the expert's evaluation's
+    categories: success, wrong colour, wall, fell, time limit)."""
+    from .experts.ant import OUTCOMES
+
+    gen = torch.Generator(device=device).manual_seed(seed)
+    obs = env.reset(free_play=free_play)
+    state = model.initial_state(env.num_envs, device)
+    outcome = np.full(env.num_envs, OUTCOMES.index("time limit"))
+    rows = LiveRows(env.num_envs, device)
+    for _ in range(env.spec.horizon):
+        keep = rows.shrink(env)
+        if keep is not None:
+            state.select_(keep)
+        action = model.act(torch.as_tensor(obs, device=device)[rows.idx], state, gen, temperature)
+        obs, _, terminated, _, info = env.step(rows.actions(action.float()))
+        for name, key in (("success", "success"), ("wrong colour", "wrong_colour"), ("wall", "hit_wall"),
+                          ("fell", "fell")):
+            outcome[terminated & info[key]] = OUTCOMES.index(name)
+        if env.done.all():
+            break
+    success = env.succeeded
+    spelled = np.where(success, env.consistent.argmax(1), -1)
+    counts = np.bincount(spelled[success], minlength=len(env.tasks))
+    ends = np.bincount(outcome, minlength=len(OUTCOMES))
+    return {
+        "success_rate": float(success.mean()),
+        "colours_done_mean": float(env.progress.mean()),
+        "outcomes": {k: float(c / env.num_envs) for k, c in zip(OUTCOMES, ends)},
+        "episodes": int(env.num_envs),
+        "mean_length": float(env.t.mean()),
+        "task_counts": {task_str(t): int(c) for t, c in zip(env.tasks, counts) if c},
+    }

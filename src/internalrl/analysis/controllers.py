@@ -71,7 +71,7 @@ class LowerResiduals:
                 self.flat[at:at + len(e)] = e
 
     def batch(self, episodes: np.ndarray):
-        """-> residual (B, T, W), actions (B, T), mask (B, T), subgoals (B, T; -1 outside)."""
+        """-> residual (B, T, W), actions (B, T) or (B, T, A), mask (B, T), subgoals (B, T; -1 outside)."""
         a = self.data.arrays
         rows = self.row[episodes]
         if (rows < 0).any():
@@ -83,7 +83,8 @@ class LowerResiduals:
         index = torch.as_tensor(self.offsets[rows])[:, None] + torch.minimum(t[None, :], lengths[:, None] - 1)
         device = self.flat.device
         residual = self.flat[index.to(device)]
-        actions = torch.as_tensor(a["actions"][episodes, :tb].astype(np.int64))
+        actions = a["actions"][episodes, :tb]  # discrete (grid) or continuous (ant), as make_batch has them
+        actions = torch.as_tensor(actions.astype(np.float32 if np.issubdtype(actions.dtype, np.floating) else np.int64))
         subgoals = torch.as_tensor(a["subgoals"][episodes, :tb].astype(np.int64))
         return residual, actions.to(device), mask.to(device), torch.where(mask, subgoals, -1).to(device)
 

@@ -1,7 +1,8 @@
 """The base autoregressive model and the interface every later stage leans on.
 
 One token per time step: a linear embedding of the observation ``o_t`` (past actions are not
-input). Blocks then heads: an action head (categorical logits, or a Gaussian mean with a
+input). Blocks (a causal transformer, or Hawk's recurrent blocks: ``ModelConfig.backbone``) then
+heads: an action head (categorical logits, or a Gaussian mean with a
 learned diagonal log-std) and a next-observation head (Bernoulli logits or Gaussian mean).
 
 **Split at layer l.** ``lower(obs, l)`` runs the embedding and ``blocks[:l]`` and returns the
@@ -22,7 +23,10 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from .hawk import HawkBlock
 from .transformer import TransformerBlock
+
+BACKBONES = ("transformer", "hawk")
 
 
 @dataclass
@@ -45,6 +49,10 @@ class ModelConfig:
     grid_size: int = 7  # only read by the egocentric and conv encoders
     conv_channels: int = 16  # the conv encoder [choice]: channels of its 3x3 layers
     conv_layers: int = 2  # the conv encoder: how many 3x3 layers before the linear map
+    # "transformer" (the grid's, Table A4) or "hawk" (Griffin's recurrent block, the ant's, Table A5). Hawk reads
+    # width, depth, heads (the RG-LRU gates' diagonal blocks), mlp, mlp_type and lru_width; not head_dim or rel_*
+    backbone: str = "transformer"
+    lru_width: int = 0  # hawk: channels of the conv + RG-LRU branch; 0 means width (Table A5: LRU width = width)
 
     def validate(self) -> None:
         for name in ("obs_dim", "action_dim", "width", "depth", "heads", "head_dim", "mlp", "rel_buckets", "max_len"):
@@ -67,6 +75,19 @@ class ModelConfig:
                              f"must be a multiple of grid_size² ({self.grid_size}² = {self.grid_size ** 2})")
         if self.obs_encoder == "conv" and (self.conv_channels < 1 or self.conv_layers < 1):
             raise ValueError("model.conv_channels and model.conv_layers must be at least 1")
+        if self.backbone not in BACKBONES:
+            raise ValueError(f"model.backbone must be one of {', '.join(BACKBONES)}, got {self.backbone!r}")
+        if self.lru_width < 0:
+            raise ValueError(f"model.lru_width must be 0 (the width) or positive, got {self.lru_width}")
+        if self.backbone == "hawk" and self.recurrent_width % self.heads:
+            name = "model.lru_width" if self.lru_width else "model.width"
+            raise ValueError(f"{name} ({self.recurrent_width}) must be divisible by model.heads ({self.heads}) for the "
+                             "hawk backbone: its RG-LRU gates are block-diagonal with one block per head")
+
+    @property
+    def recurrent_width(self) -> int:
+        """Hawk's conv + RG-LRU width (``lru_width``, or ``width`` when that is 0)."""
+        return self.lru_width or self.width
 
 
 class HeadOutput:
@@ -90,7 +111,10 @@ class HeadOutput:
 
 @dataclass
 class ModelState:
-    """Per-block caches for step-wise use; ``position`` counts the steps consumed."""
+    """Per-block caches for step-wise use; ``position`` counts the steps consumed. A cache is whatever
+    its block keeps between calls: a :class:`~internalrl.models.transformer.KVCache` (keys and values
+    so far) for the transformer, a :class:`~internalrl.models.hawk.RecurrentState` (conv inputs and
+    RG-LRU state) for Hawk; each has ``length`` and ``select_(rows)``."""
 
     caches: list = field(default_factory=list)
 
@@ -228,11 +252,15 @@ class SequenceModel(nn.Module):
             self.embed = ConvEmbedding(cfg.grid_size, cfg.obs_dim, cfg.width, cfg.conv_channels, cfg.conv_layers)
         else:
             self.embed = nn.Linear(cfg.obs_dim, cfg.width)
-        self.blocks = nn.ModuleList(
-            TransformerBlock(cfg.width, cfg.heads, cfg.head_dim, cfg.mlp, cfg.rel_buckets, cfg.rel_max_distance,
-                             cfg.mlp_type)
-            for _ in range(cfg.depth)
-        )
+        if cfg.backbone == "hawk":
+            self.blocks = nn.ModuleList(HawkBlock(cfg.width, cfg.recurrent_width, cfg.heads, cfg.mlp, cfg.mlp_type)
+                                        for _ in range(cfg.depth))
+        else:
+            self.blocks = nn.ModuleList(
+                TransformerBlock(cfg.width, cfg.heads, cfg.head_dim, cfg.mlp, cfg.rel_buckets, cfg.rel_max_distance,
+                                 cfg.mlp_type)
+                for _ in range(cfg.depth)
+            )
         self.final_norm = nn.LayerNorm(cfg.width)
         self.action_head = nn.Linear(cfg.width, cfg.action_dim)
         self.obs_head = nn.Linear(cfg.width, cfg.obs_dim)

@@ -1,0 +1,348 @@
+"""The ant-pinpad's first stages, ``(config, run directory) -> artifact folder`` like the
+gridworld's (:mod:`internalrl.stages`), into the same stage folders (``data``, ``data_clean``,
+``base_model``, ``eval_base``), so a later stage reads an ant run as it reads a grid run.
+
+* ``data``: D, the shipped PPO expert's *sampled* actions, and ``data_clean``: D*, its Gaussian
+  mean actions (SPEC §2); successful episodes of the pretraining tasks only.
+* ``base_model``: the base model (a Hawk for the ant presets) trained on D with the Gaussian
+  action and next-observation losses, λ = ``train.obs_loss_weight`` (10, the paper's); measured on
+  held-out D and D*.
+* ``eval_base``: the base model as a policy, free play on the pretraining tasks and the
+  post-training task, beside the shipped expert on the same task sets, seeds and episode counts;
+  the paper reports ant results normalised by its expert.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import time
+from dataclasses import asdict
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from .config import Config, ConfigError
+from .data import DataError, load_trajectories
+from .envs.tasks import parse_task_set
+from .rundir import RunDir
+from .train import evaluate_heldout, load_model, resolve_device, save_model, train_base_model
+
+
+def _log(msg: str) -> None:
+    print(f"[internalrl] {msg}", flush=True)
+
+
+def _expert(cfg: Config):
+    """The shipped expert, checked against this config's environment; and a record naming it."""
+    from .experts.ant import DEFAULT_WEIGHTS, expert_obs_dim, load_ant_expert
+
+    policy = load_ant_expert()
+    spec = cfg.env.spec()
+    if policy.obs_dim != expert_obs_dim(spec):
+        raise ConfigError(f"the shipped ant expert reads a {policy.obs_dim}-number observation, made for the paper's "
+                          f"ant-pinpad (env.size=4, env.num_objects=4, env.num_walls=1); this config's env "
+                          f"(size {spec.size}, {spec.num_objects} colours, {spec.num_walls} walls) needs "
+                          f"{expert_obs_dim(spec)}")
+    sha = hashlib.sha256(Path(DEFAULT_WEIGHTS).read_bytes()).hexdigest()
+    return policy, {"weights": Path(DEFAULT_WEIGHTS).name, "sha256": sha}
+
+
+def stage_data(cfg: Config, run: RunDir, progress: bool = True):
+    """D (sampled expert actions, seed ``seed``) and D* (mean actions, seed ``seed + 1``), each
+    ``data.num_episodes`` successful episodes of the pretraining tasks."""
+    from .experts.ant import generate_ant_dataset, write_ant_dataset
+
+    spec = cfg.env.spec()
+    tasks = parse_task_set(cfg.env.pretrain_tasks, spec.num_objects)
+    policy = expert = None
+    for stage, mean, seed in (("data", False, cfg.seed), ("data_clean", True, cfg.seed + 1)):
+        if run.done(stage):
+            _log(f"{stage}: finished earlier, skipped")
+            continue
+        if policy is None:
+            policy, expert = _expert(cfg)
+        t0 = time.perf_counter()
+        arrays, stats = generate_ant_dataset(cfg.data.num_episodes, tasks, seed, policy, mean_actions=mean,
+                                             spec=spec, progress=progress)
+        if not stats["complete"]:
+            raise DataError(f"the ant expert succeeded in {stats['expert_episodes_succeeded']} of "
+                            f"{stats['expert_episodes_rolled_out']} episodes, fewer than data.num_episodes="
+                            f"{cfg.data.num_episodes}; check the env settings against the expert's (docs/ant.md)")
+        stats["seconds"] = time.perf_counter() - t0
+        work = run.partial(stage)
+        write_ant_dataset(work, arrays, stats, tasks, spec, {"seed": seed, "expert": expert})
+        card = json.loads((work / "card.json").read_text())
+        lengths = arrays["lengths"]
+        headline = {"episodes": int(len(lengths)), "steps": int(lengths.sum()), "mean_length": float(lengths.mean()),
+                    "actions": "mean" if mean else "sampled", "expert_success_rate": stats["expert_success_rate"],
+                    "seconds": stats["seconds"]}
+        _log(f"{stage}: {len(lengths)} ant episodes ({'mean' if mean else 'sampled'} expert actions), mean length "
+             f"{lengths.mean():.0f}, expert success {stats['expert_success_rate']:.3f}")
+        run.finish(stage, {**asdict(cfg.data), "seed": seed, "mean_actions": mean, "expert": expert},
+                   {"headline": headline, "card": card})
+    return run.path("data")
+
+
+def expert_action_entropy() -> float:
+    """The entropy (nats) of the shipped expert's Gaussian: its state-independent std makes this the NLL it
+    would score on its own unclipped sampled actions, the bar for a model that knew the task and the state."""
+    from .experts.ant import load_ant_expert
+
+    log_std = load_ant_expert().log_std.detach().double()
+    return float((0.5 * math.log(2 * math.pi * math.e) + log_std).sum())
+
+
+@torch.no_grad()
+def mean_action_error(model, data, idx: np.ndarray, device, batch_size: int = 128) -> float:
+    """Mean squared distance (summed over the 8 torques) between the model's mean action and D*'s actions."""
+    from .data import make_batch
+
+    total, steps = 0.0, 0
+    for i in range(0, len(idx), batch_size):
+        batch = make_batch(data, idx[i : i + batch_size]).to(device)
+        out = model(batch.obs[:, :-1])
+        err = ((out.action - batch.actions) ** 2).sum(-1)
+        total += float((err * batch.mask).sum())
+        steps += int(batch.mask.sum())
+    return total / max(1, steps)
+
+
+def stage_base_model(cfg: Config, run: RunDir, progress: bool = True, minutes: float | None = None):
+    """Pretrain the base model on D (SPEC §3); resumes from its checkpoint if killed or stopped
+    after ``minutes`` of training (then returns None)."""
+    if run.done("base_model"):
+        _log("base_model: finished earlier, skipped")
+        return run.path("base_model")
+    data = load_trajectories(run.require("data", "data --env ant"))
+    work = run.partial("base_model")
+    model, info = train_base_model(cfg, data, work, progress=progress,
+                                   stop_after_seconds=None if minutes is None else 60 * minutes)
+    if model is None:
+        _log(f"base_model: stopped at step {info['stopped_at']} of {cfg.train.steps} after {minutes} min "
+             f"({info['train_seconds'] / 60:.1f} min of training so far); run the same command to continue")
+        return None
+    device = next(model.parameters()).device
+    clean = load_trajectories(run.require("data_clean", "data --env ant"))
+    _, val = data.split(cfg.data.val_fraction)
+    _, val_clean = clean.split(cfg.data.val_fraction)
+    heldout = evaluate_heldout(model, data, val, 64, device)
+    heldout_clean = evaluate_heldout(model, clean, val_clean, 64, device)
+    headline = {
+        "heldout_action_nll": heldout["action_nll"], "heldout_obs_nll": heldout["obs_nll"],
+        "heldout_clean_action_nll": heldout_clean["action_nll"],
+        "heldout_clean_mean_action_sq_error": mean_action_error(model, clean, val_clean, device),
+        "expert_action_entropy": expert_action_entropy(),
+        "action_std_mean": float(model.action_log_std.detach().exp().mean()),
+        "heldout_episodes": int(len(val)),
+        "train_seconds": info["train_seconds"], "parameters": sum(p.numel() for p in model.parameters()),
+    }
+    _log(f"base_model: held-out action NLL {heldout['action_nll']:.3f} on D ({len(val)} episodes; the expert's own "
+         f"entropy {headline['expert_action_entropy']:.3f}), {heldout_clean['action_nll']:.3f} on D*; observation "
+         f"NLL {heldout['obs_nll']:.3f}; {info['train_seconds'] / 60:.1f} min of training")
+    stage_config = {"model": asdict(cfg.model), "train": asdict(cfg.train), "seed": cfg.seed}
+    return run.finish("base_model", stage_config, {"headline": headline})
+
+
+def stage_eval_base(cfg: Config, run: RunDir, progress: bool = True):
+    """The base model as a policy: free play (success = the visits spell some pretraining task) and the
+    post-training task, and the shipped expert (sampled actions, as D was made) on the same task sets."""
+    from .envs.ant import BatchedAntPinpad
+    from .evaluate import rollout_ant_base_model
+    from .experts.ant import evaluate_ant_expert
+
+    if run.done("eval_base"):
+        _log("eval_base: finished earlier, skipped")
+        return run.path("eval_base")
+    device = resolve_device(cfg.train.device)
+    model = load_model(run.require("base_model", "train --env ant"), device=device)
+    policy, expert = _expert(cfg)
+    spec = cfg.env.spec()
+    pre = parse_task_set(cfg.env.pretrain_tasks, spec.num_objects)
+    post = parse_task_set(cfg.env.posttrain_task, spec.num_objects)
+    n, seed, temp = cfg.eval.num_envs, cfg.seed + 1000, cfg.eval.temperature
+    t0 = time.perf_counter()
+    results = {}
+    for name, tasks, free, s in (("free_play", pre, True, seed), ("posttrain", post, False, seed + 1)):
+        _log(f"eval_base: {name}, {n} episodes of the base model and of the expert")
+        results[name] = rollout_ant_base_model(model, BatchedAntPinpad(n, tasks, spec, seed=s), free_play=free,
+                                               seed=s, temperature=temp, device=device)
+        results[name]["expert"] = evaluate_ant_expert(policy, tasks, n, seed=s, mean_actions=False, spec=spec)
+    ratio = lambda a, b: a / b if b > 0 else None  # noqa: E731
+    free, postr = results["free_play"], results["posttrain"]
+    headline = {
+        "free_play_success": free["success_rate"], "posttrain_success": postr["success_rate"],
+        "expert_pretrain_success": free["expert"]["success_rate"],
+        "expert_posttrain_success": postr["expert"]["success_rate"],
+        "free_play_normalised": ratio(free["success_rate"], free["expert"]["success_rate"]),
+        "posttrain_normalised": ratio(postr["success_rate"], postr["expert"]["success_rate"]),
+        "free_play_colours_done": free["colours_done_mean"], "posttrain_colours_done": postr["colours_done_mean"],
+        "free_play_outcomes": free["outcomes"],
+        "episodes_each": n, "temperature": temp, "seconds": time.perf_counter() - t0,
+    }
+    fmt = lambda v: "n/a" if v is None else f"{v:.3f}"  # noqa: E731
+    _log(f"eval_base: free play success {free['success_rate']:.3f} (expert on the pretraining tasks "
+         f"{free['expert']['success_rate']:.3f}; normalised {fmt(headline['free_play_normalised'])}), post-training "
+         f"task {postr['success_rate']:.3f} (expert {postr['expert']['success_rate']:.3f}; normalised "
+         f"{fmt(headline['posttrain_normalised'])}), {n} episodes each")
+    return run.finish("eval_base", {"eval": asdict(cfg.eval), "seed": cfg.seed, "expert": expert},
+                      {"headline": headline, **results})
+
+
+def stage_probes(cfg: Config, run: RunDir, progress: bool = True):
+    """Layer-wise linear probes of the ground-truth subgoal (SPEC §4; for the ant a subgoal is one colour, the
+    next to visit), fitted on D*'s training episodes and scored on its held-out ones, for the final model and
+    every training snapshot (the grid's probes, :func:`internalrl.analysis.probes.probe_layers`)."""
+    from .analysis.probes import probe_layers
+
+    if run.done("probes"):
+        _log("probes: finished earlier, skipped")
+        return run.path("probes")
+    t0 = time.perf_counter()
+    device = resolve_device(cfg.train.device)
+    data = load_trajectories(run.require("data_clean", "data --env ant"))
+    base = run.require("base_model", "train --env ant")
+    train_idx, val_idx = data.split(cfg.data.val_fraction)
+    fit_idx, test_idx = train_idx[: cfg.probe.train_episodes], val_idx[: cfg.probe.test_episodes]
+    k = cfg.env.spec().num_subgoals
+    final = probe_layers(load_model(base, device=device), data, fit_idx, test_idx, k, device, steps=cfg.probe.fit_steps)
+    final.pop("probes")
+    over_training = {}
+    if cfg.probe.over_training:
+        for snap in sorted((base / "snapshots").glob("step_*.safetensors")):
+            step = int(snap.stem.split("_")[1])
+            if step == cfg.train.steps:
+                over_training[step] = final["accuracy_per_layer"]
+                continue
+            m = load_model(base / "snapshots", name=snap.stem, device=device)
+            over_training[step] = probe_layers(m, data, fit_idx, test_idx, k, device,
+                                               steps=cfg.probe.fit_steps)["accuracy_per_layer"]
+            _log(f"probes: snapshot step {step}: " + " ".join(f"{a:.3f}" for a in over_training[step]))
+    acc = final["accuracy_per_layer"]
+    headline = {"accuracy_per_layer": acc, "best_layer": int(np.argmax(acc)),
+                "majority_class_rate": final["majority_class_rate"], "seconds": time.perf_counter() - t0}
+    _log("probes: next-colour accuracy per layer (0 = embedding): " + " ".join(f"{a:.3f}" for a in acc)
+         + f" (majority class {final['majority_class_rate']:.3f})")
+    run.partial("probes")
+    return run.finish("probes", {"probe": asdict(cfg.probe), "seed": cfg.seed},
+                      {"headline": headline, **final, "over_training": over_training})
+
+
+def stage_controllers(cfg: Config, run: RunDir, progress: bool = True):
+    """Supervised subgoal controllers (SPEC §4, Fig. 4b): one full-rank ``U`` per colour at every layer
+    (``controllers.sweep``; else at L/2), trained on D* with the ground-truth next colour choosing the controller
+    and the base model frozen, then rolled out on the post-training task switching to the controller of the next
+    colour, with sampled and with mean actions (the paper does not say which). The grid's training and rollout
+    (:mod:`internalrl.analysis.controllers`) on the ant."""
+    from .analysis.controllers import heldout_controlled_nll, rollout_with_controllers, train_controllers
+    from .checkpoint import Checkpoint
+    from .envs.ant import BatchedAntPinpad
+    from .train import save_weights
+
+    if run.done("controllers"):
+        _log("controllers: finished earlier, skipped")
+        return run.path("controllers")
+    t0 = time.perf_counter()
+    device = resolve_device(cfg.train.device)
+    data = load_trajectories(run.require("data_clean", "data --env ant"))
+    model = load_model(run.require("base_model", "train --env ant"), device=device)
+    spec = cfg.env.spec()
+    post = parse_task_set(cfg.env.posttrain_task, spec.num_objects)
+    train_idx, val_idx = data.split(cfg.data.val_fraction)
+    cc = cfg.controllers
+    main_layer = cfg.control_layer()
+    layers = list(range(model.depth + 1)) if cc.sweep else [main_layer]
+    work = run.partial("controllers")
+    seed = cfg.seed + 2000
+    n = cfg.eval.num_envs
+
+    def rollout(ctl, layer, greedy):
+        env = BatchedAntPinpad(n, post, spec, seed=seed)
+        return rollout_with_controllers(model, ctl, layer, env, seed, device, greedy=greedy,
+                                        temperature=cfg.eval.temperature)
+
+    uncontrolled = {"posttrain_success": rollout(None, main_layer, False)["success_rate"],
+                    "posttrain_success_mean_actions": rollout(None, main_layer, True)["success_rate"],
+                    "heldout_nll": heldout_controlled_nll(model, None, main_layer, data, val_idx, 64, device)}
+    per_layer = {}
+    for layer in layers:
+        ctl, curve = train_controllers(model, data, train_idx, layer, spec.num_subgoals, cc, seed, device, progress,
+                                       checkpoint=Checkpoint(work / f"checkpoint_layer{layer}.pt"), cache=True)
+        sampled, mean = rollout(ctl, layer, False), rollout(ctl, layer, True)
+        per_layer[layer] = {"posttrain_success": sampled["success_rate"],
+                            "posttrain_success_mean_actions": mean["success_rate"],
+                            "posttrain_progress_counts": sampled["progress_counts"],
+                            "heldout_nll": heldout_controlled_nll(model, ctl, layer, data, val_idx, 64, device),
+                            "final_train_nll": curve[-1][1]}
+        save_weights(ctl, work / f"controllers_layer{layer}.safetensors")
+        _log(f"controllers: layer {layer}: post-training task success {sampled['success_rate']:.3f} sampled, "
+             f"{mean['success_rate']:.3f} mean actions; held-out NLL {per_layer[layer]['heldout_nll']:.3f}")
+    headline = {
+        "layer": main_layer, "rank": cc.rank or "full",
+        "posttrain_success": per_layer[main_layer]["posttrain_success"],
+        "posttrain_success_mean_actions": per_layer[main_layer]["posttrain_success_mean_actions"],
+        "uncontrolled_posttrain_success": uncontrolled["posttrain_success"],
+        "uncontrolled_posttrain_success_mean_actions": uncontrolled["posttrain_success_mean_actions"],
+        "heldout_nll": per_layer[main_layer]["heldout_nll"], "uncontrolled_heldout_nll": uncontrolled["heldout_nll"],
+        "posttrain_success_per_layer": [per_layer[l]["posttrain_success"] for l in layers],
+        "posttrain_success_mean_actions_per_layer": [per_layer[l]["posttrain_success_mean_actions"] for l in layers],
+        "layers": layers, "episodes_each": n, "seconds": time.perf_counter() - t0,
+    }
+    return run.finish("controllers", {"controllers": asdict(cc), "seed": cfg.seed},
+                      {"headline": headline, "per_layer": per_layer, "uncontrolled": uncontrolled})
+
+
+META_KEYS = ("f1", "precision", "recall", "switches_per_episode", "subgoals_per_episode", "fraction_beta_intermediate",
+             "action_nll", "kl", "train_seconds")
+
+
+def stage_metacontroller(cfg: Config, run: RunDir, progress: bool = True):
+    """The metacontroller at L/2 (SPEC §5; the ant's full-rank ``U``) on D*, with the base model frozen and
+    co-trained beside it; its switch scored against the colour changes on held-out D*
+    (:func:`internalrl.metacontroller.train_metacontroller` and ``evaluate_metacontroller``, the grid's)."""
+    from .checkpoint import Checkpoint
+    from .metacontroller import cotrained_config, evaluate_metacontroller, train_metacontroller
+    from .train import save_weights
+
+    if run.done("metacontroller"):
+        _log("metacontroller: finished earlier, skipped")
+        return run.path("metacontroller")
+    t0 = time.perf_counter()
+    device = resolve_device(cfg.train.device)
+    data = load_trajectories(run.require("data_clean", "data --env ant"))
+    train_idx, val_idx = data.split(cfg.data.val_fraction)
+    layer = cfg.meta_layer()
+    work = run.partial("metacontroller")
+    results = {}
+    for label, mc in (("frozen", cfg.metacontroller), ("cotrained", cotrained_config(cfg.metacontroller))):
+        t1 = time.perf_counter()
+        base = load_model(run.require("base_model", "train --env ant"), device=device)  # fresh: co-training changes it
+        meta, curve = train_metacontroller(base, data, train_idx, mc, layer, cfg.seed + 3000, device, progress,
+                                           desc=f"metacontroller ({label})",
+                                           checkpoint=Checkpoint(work / f"checkpoint_{label}.pt"))
+        res = evaluate_metacontroller(base, meta, data, val_idx, layer, device, seed=cfg.seed)
+        np.savez(work / f"{label}_examples.npz", gates=res.pop("gates")[:8].numpy(),
+                 subgoals=res.pop("subgoals")[:8].numpy(), mask=res.pop("mask")[:8].numpy())
+        res.update(train_seconds=time.perf_counter() - t1, curve=curve)
+        save_weights(meta, work / f"{label}.safetensors")
+        if mc.cotrain:
+            save_weights(base, work / f"{label}_base.safetensors")
+        results[label] = res
+        fmt = lambda v: "n/a" if v is None else f"{v:.3f}"  # noqa: E731
+        _log(f"metacontroller ({label}, alpha={mc.alpha}): switch F1 {res['f1']:.3f} against the colour changes "
+             f"(precision {fmt(res['precision'])}, recall {fmt(res['recall'])}), switches/episode "
+             f"{res['switches_per_episode']:.2f} vs colours {res['subgoals_per_episode']:.2f}, NLL "
+             f"{res['action_nll']:.3f}, KL {res['kl']:.3f}")
+    headline = {"layer": layer, "alpha": cfg.metacontroller.alpha, "rank": cfg.metacontroller.rank or "full",
+                **{k: results["frozen"][k] for k in META_KEYS},
+                **{f"cotrained_{k}": results["cotrained"][k] for k in META_KEYS}, "seconds": time.perf_counter() - t0}
+    return run.finish("metacontroller", {"metacontroller": asdict(cfg.metacontroller), "seed": cfg.seed},
+                      {"headline": headline, **results})
+
+
+#: The stage functions of each ant command (the grid's pipeline has the others).
+STAGES = {"data": [stage_data], "train": [stage_base_model], "evaluate": [stage_eval_base], "probe": [stage_probes],
+          "controllers": [stage_controllers], "metacontroller": [stage_metacontroller]}
+#: ``run --env ant``: every ant stage so far, in order (internal RL and the report are the grid's alone so far).
+STAGES["run"] = [stage_data, stage_base_model, stage_eval_base, stage_probes, stage_controllers, stage_metacontroller]

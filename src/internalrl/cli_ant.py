@@ -1,0 +1,91 @@
+"""The command line's ant-pinpad commands: ``internalrl run|data|train|evaluate|probe|controllers|metacontroller|bench --env ant``.
+
+The environment of a run directory is part of its config (``env.name`` in ``run.json``), so an
+ant command pointed at a grid run (or the reverse) is refused with both names before anything
+is written. The ant has its own presets (``quick``, ``paper``: :data:`internalrl.config.ANT_PRESETS`).
+"""
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+from .config import ConfigError
+from .rundir import RunDir, RunDirError, read_run_json
+
+#: The commands that run on an ant run directory so far.
+ANT_COMMANDS = ("run", "data", "train", "evaluate", "probe", "controllers", "metacontroller")
+
+
+def stored_env(root: Path) -> str | None:
+    """The environment of the run in ``root`` (``grid`` for runs made before it was recorded), or None."""
+    meta = read_run_json(Path(root))
+    if meta is None:
+        return None
+    env = meta["config"].get("env")
+    return env.get("name", "grid") if isinstance(env, dict) else "grid"
+
+
+def run_env(args) -> str:
+    """The environment a run-directory command works on: ``--env``, else the run's own, else grid.
+    An ``--env`` that differs from the run's is refused, naming both."""
+    requested = getattr(args, "env", None)
+    out = getattr(args, "out", None)
+    stored = stored_env(Path(out)) if out and args.command != "experiment" else None
+    if requested and stored and requested != stored:
+        raise RunDirError(f"{out} holds {'an' if stored == 'ant' else 'a'} {stored} run (its run.json has env.name={stored}), but this command asked for "
+                          f"--env {requested}; nothing was changed. Leave out --env to work on the run's own "
+                          f"environment, or use another --out folder")
+    return requested or stored or "grid"
+
+
+def refuse_ant_run(root, command: str) -> None:
+    """``command`` (a gridworld-only one) refuses an ant run directory with a message naming it."""
+    if stored_env(Path(root)) == "ant":
+        raise ConfigError(f"`internalrl {command}` does not run on the ant-pinpad yet, and {root} holds an ant run "
+                          f"(env.name=ant); the ant's commands are {', '.join(ANT_COMMANDS)} (and bench)")
+
+
+def dispatch(args, cfg) -> int:
+    from . import ant_stages
+
+    cmd = args.command
+    if cmd == "bench":
+        from .bench import run_ant_benchmarks
+
+        res = run_ant_benchmarks(cfg, args.envs or 256)
+        text = json.dumps(res, indent=2)
+        print(text)
+        if args.json:
+            Path(args.json).write_text(text)
+        return 0
+    if cmd not in ANT_COMMANDS:
+        raise ConfigError(f"`internalrl {cmd}` does not run on the ant-pinpad yet (env.name=ant); the ant's commands "
+                          f"are {', '.join(ANT_COMMANDS)} (and bench)")
+    if getattr(args, "base_model", None) == "shipped" or getattr(args, "init_from", None):
+        raise ConfigError("--base-model shipped and --init-from are gridworld options: no ant base model ships yet; "
+                          "train one with `internalrl train --env ant`")
+    if getattr(args, "checkpoint_file", None):
+        raise ConfigError("--checkpoint-file is a gridworld option so far; for the ant use --minutes and re-run the "
+                          "same command to continue")
+    minutes = getattr(args, "minutes", None)
+    if minutes is not None and not minutes > 0:
+        raise ConfigError(f"--minutes must be positive, got {minutes}")
+    run = RunDir(args.out or f"runs/ant-{args.preset or 'quick'}-seed{cfg.seed}", cfg)
+    progress = not args.no_progress
+    t0 = time.perf_counter()
+    for stage in ant_stages.STAGES[cmd]:
+        if stage is ant_stages.stage_base_model:
+            if stage(cfg, run, progress=progress, minutes=minutes) is None:
+                return 0  # stopped after --minutes, with a checkpoint: the same command continues
+        else:
+            stage(cfg, run, progress=progress)
+    if cmd == "run":
+        elapsed = time.perf_counter() - t0
+        run.update_results("wall_seconds_last_invocation", {"seconds": elapsed})
+        print(f"[internalrl] done in {elapsed / 60:.1f} min; numbers: {run.root / 'results.json'} (the ant has no "
+              "internal RL stage or report yet)")
+    return 0
+
+
+

@@ -1,0 +1,165 @@
+"""The ant-pinpad's first stages from the command line (data, train, evaluate --env ant) on a tiny
+config, the ant presets, and runs of one environment refusing commands of the other."""
+import json
+from pathlib import Path
+
+import pytest
+
+pytest.importorskip("mujoco")
+
+from internalrl.cli import main  # noqa: E402
+from internalrl.config import ConfigError, load_config  # noqa: E402
+from internalrl.train import load_model  # noqa: E402
+
+from test_cli import TINY  # noqa: E402
+
+ANT_TINY = ["--set", "data.num_episodes=20", "--set", "model.width=16", "--set", "model.depth=2",
+            "--set", "model.heads=2", "--set", "model.mlp=16", "--set", "train.steps=6", "--set", "train.batch_size=4",
+            "--set", "train.eval_every=3", "--set", "train.checkpoint_every=2", "--set", "train.snapshots=2",
+            "--set", "train.warmup_steps=1", "--set", "eval.num_envs=4", "--set", "probe.train_episodes=10",
+            "--set", "probe.test_episodes=10", "--set", "probe.fit_steps=5", "--set", "controllers.steps=3", "--set", "controllers.batch_size=4",
+            "--set", "metacontroller.steps=3", "--set", "metacontroller.batch_size=4", "--no-progress"]
+
+
+def _files(root: Path) -> dict:
+    return {str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("*"))
+            if p.is_file() and p.name != ".lock"}
+
+
+@pytest.fixture(scope="module")
+def ant_run(tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("ant") / "run"
+    assert main(["data", "--env", "ant", "--out", str(out), *ANT_TINY]) == 0
+    assert main(["train", "--out", str(out), "--no-progress"]) == 0  # the run's own config and environment
+    assert main(["evaluate", "--out", str(out), "--no-progress"]) == 0
+    assert main(["probe", "--out", str(out), "--no-progress"]) == 0
+    assert main(["controllers", "--out", str(out), "--no-progress"]) == 0
+    assert main(["metacontroller", "--out", str(out), "--no-progress"]) == 0
+    return out
+
+
+@pytest.fixture(scope="module")
+def grid_run(tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("grid") / "run"
+    assert main(["data", "--out", str(out), *TINY]) == 0
+    return out
+
+
+def test_ant_stages_write_their_numbers(ant_run):
+    stored = json.loads((ant_run / "run.json").read_text())["config"]
+    assert stored["env"]["name"] == "ant" and stored["model"]["backbone"] == "hawk"
+    assert stored["train"]["obs_loss_weight"] == 10.0
+    res = json.loads((ant_run / "results.json").read_text())
+    assert res["data"]["episodes"] == 20 and res["data"]["actions"] == "sampled"
+    assert res["data_clean"]["episodes"] == 20 and res["data_clean"]["actions"] == "mean"
+    card = json.loads((ant_run / "data" / "card.json").read_text())
+    assert card["obs_format"] == "dense" and card["expert"]["weights"] == "ant_expert.safetensors"
+    base = res["base_model"]
+    for key in ("heldout_action_nll", "heldout_obs_nll", "heldout_clean_action_nll", "expert_action_entropy"):
+        assert isinstance(base[key], float), key
+    model = load_model(ant_run / "base_model")
+    assert model.cfg.backbone == "hawk" and model.cfg.action_type == "gaussian" and model.cfg.obs_dim == 41
+    ev = res["eval_base"]
+    for name, expert in (("free_play", "expert_pretrain_success"), ("posttrain", "expert_posttrain_success")):
+        raw = ev[f"{name}_success"]
+        assert 0 <= raw <= 1 and 0 <= ev[expert] <= 1
+        if ev[expert] > 0:
+            assert ev[f"{name}_normalised"] == pytest.approx(raw / ev[expert])
+        else:
+            assert ev[f"{name}_normalised"] is None
+    assert sum(ev["free_play_outcomes"].values()) == pytest.approx(1.0)
+    metrics = json.loads((ant_run / "eval_base" / "metrics.json").read_text())
+    assert metrics["free_play"]["episodes"] == 4 and metrics["posttrain"]["expert"]["episodes"] == 4
+    probes = res["probes"]
+    assert len(probes["accuracy_per_layer"]) == 3 and all(0 <= a <= 1 for a in probes["accuracy_per_layer"])
+    assert 0.25 <= probes["majority_class_rate"] <= 1  # 4 colours
+    over = json.loads((ant_run / "probes" / "metrics.json").read_text())["over_training"]
+    assert sorted(map(int, over)) == [3, 6]  # both snapshots
+    ctl = res["controllers"]
+    assert ctl["rank"] == "full" and ctl["layers"] == [0, 1, 2] and ctl["layer"] == 1
+    assert len(ctl["posttrain_success_per_layer"]) == 3 and len(ctl["posttrain_success_mean_actions_per_layer"]) == 3
+    assert isinstance(ctl["heldout_nll"], float)
+    assert sorted(p.name for p in (ant_run / "controllers").glob("controllers_layer*.safetensors")) == [
+        f"controllers_layer{i}.safetensors" for i in range(3)]
+    meta = res["metacontroller"]
+    assert meta["rank"] == "full" and meta["layer"] == 1
+    for key in ("f1", "action_nll", "kl", "cotrained_f1", "cotrained_action_nll"):
+        assert isinstance(meta[key], float), key
+    assert (ant_run / "metacontroller" / "frozen.safetensors").exists()
+    assert (ant_run / "metacontroller" / "cotrained_base.safetensors").exists()
+
+
+def test_finished_ant_stages_are_skipped(ant_run, capsys):
+    before = {k: v for k, v in _files(ant_run).items() if k != "results.json"}
+    assert main(["evaluate", "--out", str(ant_run), "--no-progress"]) == 0
+    assert "eval_base: finished earlier, skipped" in capsys.readouterr().out
+    assert main(["train", "--env", "ant", "--out", str(ant_run), "--no-progress"]) == 0
+    assert main(["run", "--out", str(ant_run), "--no-progress"]) == 0  # every stage finished: all skipped
+    out = capsys.readouterr().out
+    assert out.count("finished earlier, skipped") == 1 + 7 and "done in" in out  # train, then run's seven
+    assert {k: v for k, v in _files(ant_run).items() if k != "results.json"} == before
+    assert "wall_seconds_last_invocation" in json.loads((ant_run / "results.json").read_text())["timings"]
+
+
+def test_a_grid_command_on_an_ant_run_is_refused(ant_run, capsys):
+    before = _files(ant_run)
+    for cmd in (["train", "--env", "grid"], ["data", "--env", "grid"], ["evaluate", "--env", "grid", "--preset", "quick"]):
+        assert main([*cmd, "--out", str(ant_run), "--no-progress"]) == 2
+        err = capsys.readouterr().err
+        assert "holds an ant run" in err and "--env grid" in err and "nothing was changed" in err
+    for cmd in (["experiment", "--env", "ant", "--out", str(ant_run)], ["sweep-alpha", "--out", str(ant_run)],
+                ["rl", "--out", str(ant_run)], ["report", "--out", str(ant_run)], ["steerability", str(ant_run)]):
+        assert main(cmd) == 2
+        assert "does not run on the ant-pinpad yet" in capsys.readouterr().err
+    assert _files(ant_run) == before
+
+
+def test_an_ant_command_on_a_grid_run_is_refused(grid_run, capsys):
+    before = _files(grid_run)
+    for cmd in (["data", "--env", "ant"], ["train", "--env", "ant"], ["evaluate", "--env", "ant", "--preset", "quick"]):
+        assert main([*cmd, "--out", str(grid_run), "--no-progress"]) == 2
+        err = capsys.readouterr().err
+        assert "holds a grid run" in err and "--env ant" in err and "nothing was changed" in err
+    assert _files(grid_run) == before
+
+
+@pytest.mark.parametrize("flags, message", [
+    (["--set", "model.width=30"], "model.width (30) must be divisible by model.heads (4)"),
+    (["--set", "model.lru_width=10"], "model.lru_width (10) must be divisible by model.heads (4)"),
+    (["--set", "model.action_type=categorical"], "model.action_type must be 'gaussian'"),
+    (["--set", "env.name=grid"], "env.name cannot be changed by an override"),
+    (["--preset", "long"], "unknown preset 'long' for env ant"),
+])
+def test_bad_ant_configs_name_the_field_and_write_nothing(tmp_path, capsys, flags, message):
+    out = tmp_path / "new"
+    assert main(["data", "--env", "ant", "--out", str(out), *flags, "--no-progress"]) == 2
+    assert message in capsys.readouterr().err
+    assert not out.exists()
+
+
+def test_ant_presets():
+    paper = load_config("paper", env="ant")
+    m, t = paper.model, paper.train
+    assert (m.backbone, m.width, m.depth, m.heads, m.mlp, m.mlp_type, m.recurrent_width) == ("hawk", 256, 8, 8, 512,
+                                                                                            "relu", 256)
+    assert (t.batch_size, t.steps, t.lr, t.weight_decay, t.obs_loss_weight) == (512, 204_800, 3e-4, 0.03, 10.0)
+    assert (paper.env.size, paper.env.num_objects, paper.env.num_walls, paper.env.horizon) == (4, 4, 1, 500)
+    assert paper.env.posttrain_task == "0-1-2-3" and paper.controllers.rank == 0 and paper.metacontroller.rank == 0
+    quick = load_config("quick", env="ant")
+    assert quick.env.name == "ant" and quick.model.obs_dim == 41 and quick.model.action_dim == 8
+    assert load_config("quick").env.name == "grid"
+    with pytest.raises(ConfigError, match="unknown environment 'mars'"):
+        load_config("quick", env="mars")
+
+
+def test_config_and_bench_commands_for_the_ant(tmp_path, capsys):
+    assert main(["config", "--env", "ant"]) == 0
+    cfg = json.loads(capsys.readouterr().out)
+    assert cfg["env"]["name"] == "ant" and cfg["model"]["backbone"] == "hawk"
+    out = tmp_path / "bench.json"
+    assert main(["bench", "--env", "ant", "--envs", "2", "--json", str(out), *ANT_TINY[:-1]]) == 0
+    res = json.loads(out.read_text())
+    for backbone in ("hawk", "transformer"):
+        assert res[backbone]["pretraining"]["tokens_per_s"] > 0
+        assert res[backbone]["acting_model_only"]["steps"] == 2 * 500
+        assert res[backbone]["acting_with_env"]["env_steps_per_s"] > 0
