@@ -143,7 +143,7 @@ def _main(argv: list[str]) -> int:
             _tensorboard_argument(p)
         if name == "train":
             p.add_argument("--checkpoint-file", default=None, metavar="FILE",
-                           help="accumulate the training across sessions in this one safetensors file: start from it "
+                           help="accumulate the training over separate runs in this one safetensors file: start from it "
                                 "when it is further along, write the state back when stopping or done")
             p.add_argument("--minutes", type=float, default=None,
                            help="stop (with a checkpoint) after this many minutes of training; rerun to continue")

@@ -1,4 +1,4 @@
-"""The base model as a policy (issue 2, part 6): sample its action head, with the step cache,
+"""The base model as a policy: sample its action head, with the step cache,
 on batched environments. Left alone the model does not know which task it is in, so we
 measure (b) free play: how often its rollouts spell *some* pretraining task cleanly, and
 (c) success on the post-training task, which it has never seen."""

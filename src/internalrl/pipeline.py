@@ -76,7 +76,7 @@ def stage_base_model(cfg: Config, run: RunDir, progress: bool = True, init_from:
                      checkpoint_file: str | None = None, minutes: float | None = None):
     """Pretrain the base model (SPEC §3); resumes from its checkpoint if killed. ``init_from``:
     start from the weights of a compact checkpoint (``scripts/train_gpu.py``) instead of a fresh
-    init. With ``checkpoint_file`` the training accumulates across sessions: it starts from that
+    init. With ``checkpoint_file`` the training accumulates over separate runs: it starts from that
     file (:mod:`internalrl.portable`) when it is further along than the run's own checkpoint, and
     writes its state back there at every checkpoint, when it stops (after ``minutes`` of
     training, if given) and when it ends."""

@@ -1,4 +1,4 @@
-"""Training that accumulates over separate sessions: one portable checkpoint file.
+"""Training that accumulates over separate runs: one portable checkpoint file.
 
 A base-model training in progress lives in its stage's working folder (``checkpoint.pt``:
 weights, optimiser state, step, random state). ``save_portable`` packs that state into ONE safetensors file (weights, every AdamW

@@ -198,7 +198,7 @@ def train_base_model(cfg: Config, data: Trajectories, work: Path, progress: bool
                      stop_after: int | None = None, init_from: Path | None = None,
                      stop_after_seconds: float | None = None, on_checkpoint=None,
                      scalars=None) -> tuple[SequenceModel | None, dict]:
-    """Train (or resume) in ``work``. ``stop_after`` ends this session after that many steps
+    """Train (or resume) in ``work``. ``stop_after`` ends this run after that many steps
     (``stop_after_seconds``: once that much wall time has passed) with a checkpoint written
     (returns ``(None, info)``), as if the run had been killed. ``on_checkpoint()`` is called
     after every checkpoint is written. ``init_from``: start from a compact checkpoint's weights
