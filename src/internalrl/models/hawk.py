@@ -33,7 +33,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from .transformer import GatedMLP
+from .transformer import make_mlp
 
 LRU_C = 8.0  # the constant c of a_t = a^(c r_t) (Griffin)
 CONV_WIDTH = 4  # temporal width of the causal conv (Griffin)
@@ -145,12 +145,7 @@ class HawkBlock(nn.Module):
         self.lru = RGLRU(lru_width, heads)
         self.out_proj = nn.Linear(lru_width, width)
         self.norm_mlp = nn.RMSNorm(width)
-        if mlp_type == "relu":
-            self.mlp = nn.Sequential(nn.Linear(width, mlp), nn.ReLU(), nn.Linear(mlp, width))
-        elif mlp_type == "swiglu":
-            self.mlp = GatedMLP(width, mlp)
-        else:
-            raise ValueError(f"mlp_type must be 'relu' or 'swiglu', got {mlp_type!r}")
+        self.mlp = make_mlp(width, mlp, mlp_type)
 
     def new_cache(self, batch: int, max_len: int, device, dtype) -> RecurrentState:
         return RecurrentState(batch, self.lru_width, device, dtype)  # max_len: a recurrence has no limit

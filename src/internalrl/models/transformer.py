@@ -59,6 +59,15 @@ class GatedMLP(nn.Module):
         return self.down(F.silu(gate) * up)
 
 
+def make_mlp(width: int, hidden: int, mlp_type: str) -> nn.Module:
+    """The blocks' MLP: ``relu`` (Linear, ReLU, Linear) or ``swiglu`` (:class:`GatedMLP`)."""
+    if mlp_type == "relu":
+        return nn.Sequential(nn.Linear(width, hidden), nn.ReLU(), nn.Linear(hidden, width))
+    if mlp_type == "swiglu":
+        return GatedMLP(width, hidden)
+    raise ValueError(f"mlp_type must be 'relu' or 'swiglu', got {mlp_type!r}")
+
+
 class TransformerBlock(nn.Module):
     def __init__(self, width: int, heads: int, head_dim: int, mlp: int, buckets: int, max_distance: int,
                  mlp_type: str = "relu") -> None:
@@ -70,12 +79,7 @@ class TransformerBlock(nn.Module):
         self.out = nn.Linear(heads * head_dim, width)
         self.rel_bias = nn.Embedding(buckets, heads)
         self.norm_mlp = nn.LayerNorm(width)
-        if mlp_type == "relu":
-            self.mlp = nn.Sequential(nn.Linear(width, mlp), nn.ReLU(), nn.Linear(mlp, width))
-        elif mlp_type == "swiglu":
-            self.mlp = GatedMLP(width, mlp)
-        else:
-            raise ValueError(f"mlp_type must be 'relu' or 'swiglu', got {mlp_type!r}")
+        self.mlp = make_mlp(width, mlp, mlp_type)
 
     def new_cache(self, batch: int, max_len: int, device, dtype) -> KVCache:
         return KVCache(batch, self.heads, self.head_dim, max_len, device, dtype)
