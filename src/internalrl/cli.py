@@ -247,19 +247,20 @@ def _dispatch(args) -> int:
     if args.command == "config":
         print(dumps(cfg))
         return 0
-    if cfg.env.name == "ant":
-        from . import cli_ant
-
-        return cli_ant.dispatch(args, cfg)
     if args.command == "bench":
-        from .bench import run_benchmarks
+        from .bench import run_ant_benchmarks, run_benchmarks
 
-        res = run_benchmarks(cfg, args.envs or 1024)
+        ant = cfg.env.name == "ant"
+        res = run_ant_benchmarks(cfg, args.envs or 256) if ant else run_benchmarks(cfg, args.envs or 1024)
         text = json.dumps(res, indent=2)
         print(text)
         if args.json:
             Path(args.json).write_text(text)
         return 0
+    if cfg.env.name == "ant":
+        from . import cli_ant
+
+        return cli_ant.dispatch(args, cfg)
     if args.command == "experiment":
         if args.base_seeds < 1 or args.meta_seeds < 1:
             raise ConfigError("--base-seeds and --meta-seeds must be at least 1")

@@ -6,7 +6,6 @@ is written. The ant has its own presets (``quick``, ``paper``: :data:`internalrl
 """
 from __future__ import annotations
 
-import json
 import time
 from pathlib import Path
 
@@ -50,15 +49,6 @@ def dispatch(args, cfg) -> int:
     from . import ant_stages
 
     cmd = args.command
-    if cmd == "bench":
-        from .bench import run_ant_benchmarks
-
-        res = run_ant_benchmarks(cfg, args.envs or 256)
-        text = json.dumps(res, indent=2)
-        print(text)
-        if args.json:
-            Path(args.json).write_text(text)
-        return 0
     if cmd not in ANT_COMMANDS:
         raise ConfigError(f"`internalrl {cmd}` does not run on the ant-pinpad yet (env.name=ant); the ant's commands "
                           f"are {', '.join(ANT_COMMANDS)} (and bench)")
