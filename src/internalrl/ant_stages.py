@@ -26,6 +26,7 @@ import torch
 from .config import Config, ConfigError
 from .data import DataError, load_trajectories
 from .envs.tasks import parse_task_set
+from .pipeline import clean_data, command, stage_probes  # the grid's probe stage serves the ant as it is
 from .rundir import RunDir
 from .train import evaluate_heldout, load_model, resolve_device, save_model, train_base_model
 
@@ -115,7 +116,7 @@ def stage_base_model(cfg: Config, run: RunDir, progress: bool = True, minutes: f
     if run.done("base_model"):
         _log("base_model: finished earlier, skipped")
         return run.path("base_model")
-    data = load_trajectories(run.require("data", "data --env ant"))
+    data = load_trajectories(run.require("data", command(cfg, "data")))
     work = run.partial("base_model")
     model, info = train_base_model(cfg, data, work, progress=progress,
                                    stop_after_seconds=None if minutes is None else 60 * minutes)
@@ -124,7 +125,7 @@ def stage_base_model(cfg: Config, run: RunDir, progress: bool = True, minutes: f
              f"({info['train_seconds'] / 60:.1f} min of training so far); run the same command to continue")
         return None
     device = next(model.parameters()).device
-    clean = load_trajectories(run.require("data_clean", "data --env ant"))
+    clean = clean_data(cfg, run)
     _, val = data.split(cfg.data.val_fraction)
     _, val_clean = clean.split(cfg.data.val_fraction)
     heldout = evaluate_heldout(model, data, val, 64, device)
@@ -156,7 +157,7 @@ def stage_eval_base(cfg: Config, run: RunDir, progress: bool = True):
         _log("eval_base: finished earlier, skipped")
         return run.path("eval_base")
     device = resolve_device(cfg.train.device)
-    model = load_model(run.require("base_model", "train --env ant"), device=device)
+    model = load_model(run.require("base_model", command(cfg, "train")), device=device)
     policy, expert = _expert(cfg)
     spec = cfg.env.spec()
     pre = parse_task_set(cfg.env.pretrain_tasks, spec.num_objects)
@@ -190,45 +191,6 @@ def stage_eval_base(cfg: Config, run: RunDir, progress: bool = True):
                       {"headline": headline, **results})
 
 
-def stage_probes(cfg: Config, run: RunDir, progress: bool = True):
-    """Layer-wise linear probes of the ground-truth subgoal (SPEC §4; for the ant a subgoal is one colour, the
-    next to visit), fitted on D*'s training episodes and scored on its held-out ones, for the final model and
-    every training snapshot (the grid's probes, :func:`internalrl.analysis.probes.probe_layers`)."""
-    from .analysis.probes import probe_layers
-
-    if run.done("probes"):
-        _log("probes: finished earlier, skipped")
-        return run.path("probes")
-    t0 = time.perf_counter()
-    device = resolve_device(cfg.train.device)
-    data = load_trajectories(run.require("data_clean", "data --env ant"))
-    base = run.require("base_model", "train --env ant")
-    train_idx, val_idx = data.split(cfg.data.val_fraction)
-    fit_idx, test_idx = train_idx[: cfg.probe.train_episodes], val_idx[: cfg.probe.test_episodes]
-    k = cfg.env.spec().num_subgoals
-    final = probe_layers(load_model(base, device=device), data, fit_idx, test_idx, k, device, steps=cfg.probe.fit_steps)
-    final.pop("probes")
-    over_training = {}
-    if cfg.probe.over_training:
-        for snap in sorted((base / "snapshots").glob("step_*.safetensors")):
-            step = int(snap.stem.split("_")[1])
-            if step == cfg.train.steps:
-                over_training[step] = final["accuracy_per_layer"]
-                continue
-            m = load_model(base / "snapshots", name=snap.stem, device=device)
-            over_training[step] = probe_layers(m, data, fit_idx, test_idx, k, device,
-                                               steps=cfg.probe.fit_steps)["accuracy_per_layer"]
-            _log(f"probes: snapshot step {step}: " + " ".join(f"{a:.3f}" for a in over_training[step]))
-    acc = final["accuracy_per_layer"]
-    headline = {"accuracy_per_layer": acc, "best_layer": int(np.argmax(acc)),
-                "majority_class_rate": final["majority_class_rate"], "seconds": time.perf_counter() - t0}
-    _log("probes: next-colour accuracy per layer (0 = embedding): " + " ".join(f"{a:.3f}" for a in acc)
-         + f" (majority class {final['majority_class_rate']:.3f})")
-    run.partial("probes")
-    return run.finish("probes", {"probe": asdict(cfg.probe), "seed": cfg.seed},
-                      {"headline": headline, **final, "over_training": over_training})
-
-
 def stage_controllers(cfg: Config, run: RunDir, progress: bool = True):
     """Supervised subgoal controllers (SPEC §4, Fig. 4b): one full-rank ``U`` per colour at every layer
     (``controllers.sweep``; else at L/2), trained on D* with the ground-truth next colour choosing the controller
@@ -245,8 +207,8 @@ def stage_controllers(cfg: Config, run: RunDir, progress: bool = True):
         return run.path("controllers")
     t0 = time.perf_counter()
     device = resolve_device(cfg.train.device)
-    data = load_trajectories(run.require("data_clean", "data --env ant"))
-    model = load_model(run.require("base_model", "train --env ant"), device=device)
+    data = clean_data(cfg, run)
+    model = load_model(run.require("base_model", command(cfg, "train")), device=device)
     spec = cfg.env.spec()
     post = parse_task_set(cfg.env.posttrain_task, spec.num_objects)
     train_idx, val_idx = data.split(cfg.data.val_fraction)
@@ -310,14 +272,14 @@ def stage_metacontroller(cfg: Config, run: RunDir, progress: bool = True):
         return run.path("metacontroller")
     t0 = time.perf_counter()
     device = resolve_device(cfg.train.device)
-    data = load_trajectories(run.require("data_clean", "data --env ant"))
+    data = clean_data(cfg, run)
     train_idx, val_idx = data.split(cfg.data.val_fraction)
     layer = cfg.meta_layer()
     work = run.partial("metacontroller")
     results = {}
     for label, mc in (("frozen", cfg.metacontroller), ("cotrained", cotrained_config(cfg.metacontroller))):
         t1 = time.perf_counter()
-        base = load_model(run.require("base_model", "train --env ant"), device=device)  # fresh: co-training changes it
+        base = load_model(run.require("base_model", command(cfg, "train")), device=device)  # fresh: co-training changes it
         meta, curve = train_metacontroller(base, data, train_idx, mc, layer, cfg.seed + 3000, device, progress,
                                            desc=f"metacontroller ({label})",
                                            checkpoint=Checkpoint(work / f"checkpoint_{label}.pt"))

@@ -67,9 +67,16 @@ def stage_data(cfg: Config, run: RunDir, progress: bool = True):
     return path
 
 
+def command(cfg: Config, name: str) -> str:
+    """The command that makes a stage, for error messages: ``train``, or ``train --env ant`` on the ant."""
+    return name if cfg.env.name == "grid" else f"{name} --env {cfg.env.name}"
+
+
 def clean_data(cfg: Config, run: RunDir):
-    """D*: the ε = 0 data (the training data itself when ε = 0)."""
-    return load_trajectories(run.require("data_clean" if cfg.data.epsilon > 0 else "data", "data"))
+    """D*: the ε = 0 data (the training data itself when ε = 0); the ant's D* (the expert's mean
+    actions) is always a dataset of its own."""
+    own = cfg.data.epsilon > 0 or cfg.env.name == "ant"
+    return load_trajectories(run.require("data_clean" if own else "data", command(cfg, "data")))
 
 
 def stage_base_model(cfg: Config, run: RunDir, progress: bool = True, init_from: Path | None = None,
@@ -200,7 +207,8 @@ def _subgoal_count(cfg: Config) -> int:
 
 
 def stage_probes(cfg: Config, run: RunDir, progress: bool = True):
-    """Layer-wise linear probes of the ground-truth subgoal (SPEC §4), over training too."""
+    """Layer-wise linear probes of the ground-truth subgoal (SPEC §4; on the ant a subgoal is one colour,
+    the next to visit), fitted on D*'s training episodes and scored on its held-out ones, over training too."""
     from .analysis.probes import decode_episode, probe_layers
 
     if run.done("probes"):
@@ -209,7 +217,7 @@ def stage_probes(cfg: Config, run: RunDir, progress: bool = True):
     t0 = time.perf_counter()
     device = resolve_device(cfg.train.device)
     data = clean_data(cfg, run)
-    base = run.require("base_model", "train")
+    base = run.require("base_model", command(cfg, "train"))
     train_idx, val_idx = data.split(cfg.data.val_fraction)
     fit_idx, test_idx = train_idx[: cfg.probe.train_episodes], val_idx[: cfg.probe.test_episodes]
     k = _subgoal_count(cfg)
@@ -235,7 +243,8 @@ def stage_probes(cfg: Config, run: RunDir, progress: bool = True):
         "accuracy_per_layer": acc, "best_layer": int(np.argmax(acc)), "majority_class_rate": final["majority_class_rate"],
         "seconds": time.perf_counter() - t0,
     }
-    _log("probes: subgoal accuracy per layer (0 = embedding): " + " ".join(f"{a:.3f}" for a in acc))
+    _log("probes: subgoal accuracy per layer (0 = embedding): " + " ".join(f"{a:.3f}" for a in acc)
+         + f" (majority class {final['majority_class_rate']:.3f})")
     return run.finish("probes", {"probe": asdict(cfg.probe), "seed": cfg.seed},
                       {"headline": headline, **final, "over_training": over_training})
 
