@@ -542,7 +542,7 @@ def run_rl(cfg: Config, run: RunDir, method: str, task: str | None = None, meta_
         # the trained policy in closed loop: its switches against the subgoal changes reached, and its codes' content
         closed = evaluate_internal_policy(base, meta, policy, layer, spec, tasks[0], cfg.eval.num_envs, seed + 1,
                                           device, cfg.rl.threshold)
-        tf = json.loads((folder / "metrics.json").read_text())  # the stage's teacher-forced switch F1
+        tf = run.metrics(folder.name, "metacontroller")  # the stage's teacher-forced switch F1
         key = "cotrained_f1" if method == "cotrained" else "f1"
         closed["teacher_forced_f1"] = tf["headline"].get(key, tf.get(key))
         sw = closed["switching"]

@@ -539,25 +539,22 @@ def write_report(root: str | Path) -> Path:
 def section_closed_loop(root: Path) -> str:
     """Each internal-RL run's trained policy in closed loop: its switches against the subgoal changes
     the episodes reached (beside the metacontroller's teacher-forced F1 on expert data) and what its codes carry."""
+    def num(x):
+        return "–" if x is None else f"{x:.3f}"
+
+    def probe(p):
+        return "–" if p is None else f"{p['accuracy']:.2f} (majority {p['majority_class_rate']:.2f})"
+
     rows = []
     for p in sorted(root.glob("rl_*")):
-        if not (p / "DONE").exists():
-            continue
-        c = json.loads((p / "metrics.json").read_text()).get("closed_loop")
+        c = json.loads((p / "metrics.json").read_text()).get("closed_loop") if (p / "DONE").exists() else None
         if not c:
             continue
         sw, codes = c["switching"], c["codes"]
-
-        def pct(x):
-            return "–" if x is None else f"{x:.3f}"
-
-        def probe(k):
-            return "–" if codes.get(k) is None else (f"{codes[k]['accuracy']:.2f} "
-                                                      f"(majority {codes[k]['majority_class_rate']:.2f})")
-
-        rows.append(f"<tr><td>{html.escape(p.name[3:])}</td><td>{c['success_rate']:.3f}</td><td>{pct(c.get('teacher_forced_f1'))}</td>"
-                    f"<td>{pct(sw['f1'])}</td><td>{pct(sw['precision'])}</td><td>{pct(sw['recall'])}</td>"
-                    f"<td>{pct(sw['decisions_per_subgoal'])}</td><td>{probe('subgoal')}</td><td>{probe('direction')}</td></tr>")
+        rows.append(f"<tr><td>{html.escape(p.name[3:])}</td><td>{c['success_rate']:.3f}</td><td>{num(c.get('teacher_forced_f1'))}</td>"
+                    f"<td>{num(sw['f1'])}</td><td>{num(sw['precision'])}</td><td>{num(sw['recall'])}</td>"
+                    f"<td>{num(sw['decisions_per_subgoal'])}</td><td>{probe(codes.get('subgoal'))}</td>"
+                    f"<td>{probe(codes.get('direction'))}</td></tr>")
     if not rows:
         return ""
     head = ("<tr><td>run</td><td>success</td><td>switch F1, teacher-forced</td><td>switch F1, closed loop</td>"

@@ -45,10 +45,8 @@ def closed_loop_switching(decisions: torch.Tensor, subgoals: torch.Tensor, lengt
     steps = torch.arange(decisions.shape[1], device=decisions.device)
     mask = (steps[None] < lengths[:, None]) & (subgoals >= 0)
     out = switch_metrics(decisions.float(), subgoals, mask, tolerance)
-    change = torch.zeros_like(mask)
-    change[:, 1:] = (subgoals[:, 1:] != subgoals[:, :-1]) & mask[:, 1:] & mask[:, :-1]
-    reached = (change.sum(1) + mask[:, 0].long()).sum().item()  # subgoals entered, counting the first
-    out["decisions_per_subgoal"] = (decisions & mask).sum().item() / reached if reached else None
+    # both per-episode counts include the first step, where a rollout always takes a code
+    out["decisions_per_subgoal"] = out["switches_per_episode"] / out["subgoals_per_episode"]
     out["episodes"] = int(decisions.shape[0])
     return out
 
