@@ -24,6 +24,8 @@ recipe() {
     linear) echo "--set model.obs_encoder=linear" ;;
     wide) echo "--set model.width=128 --set model.mlp=256 --set model.head_dim=32" ;;
     deep) echo "--set model.depth=8" ;;
+    wide_wd01) echo "--set model.width=128 --set model.mlp=256 --set model.head_dim=32 --set train.weight_decay=0.1" ;;
+    wide6_wd01) echo "--set model.width=128 --set model.mlp=256 --set model.head_dim=32 --set model.depth=6 --set train.weight_decay=0.1" ;;
     wd01) echo "--set train.weight_decay=0.1" ;;
     wd0) echo "--set train.weight_decay=0" ;;
     obs0) echo "--set train.obs_loss_weight=0" ;;

@@ -18,7 +18,8 @@ ANT_TINY = ["--set", "data.num_episodes=20", "--set", "model.width=16", "--set",
             "--set", "train.eval_every=3", "--set", "train.checkpoint_every=2", "--set", "train.snapshots=2",
             "--set", "train.warmup_steps=1", "--set", "eval.num_envs=4", "--set", "probe.train_episodes=10",
             "--set", "probe.test_episodes=10", "--set", "probe.fit_steps=5", "--set", "controllers.steps=3", "--set", "controllers.batch_size=4",
-            "--set", "metacontroller.steps=3", "--set", "metacontroller.batch_size=4", "--no-progress"]
+            "--set", "metacontroller.steps=3", "--set", "metacontroller.batch_size=4", "--set", "rl.episodes=4",
+            "--set", "rl.batch_size=2", "--set", "rl.policy_hidden=8", "--set", "eval.inject_step=3", "--no-progress"]
 
 
 def _files(root: Path) -> dict:
@@ -35,6 +36,9 @@ def ant_run(tmp_path_factory) -> Path:
     assert main(["probe", "--out", str(out), "--no-progress"]) == 0
     assert main(["controllers", "--out", str(out), "--no-progress"]) == 0
     assert main(["metacontroller", "--out", str(out), "--no-progress"]) == 0
+    assert main(["rl", "--out", str(out), "--no-progress"]) == 0  # internal RL on the post-training task
+    assert main(["rl", "--method", "raw", "--out", str(out), "--no-progress"]) == 0
+    assert main(["injection", "--out", str(out), "--no-progress"]) == 0
     return out
 
 
@@ -87,6 +91,16 @@ def test_ant_stages_write_their_numbers(ant_run):
         assert isinstance(meta[key], float), key
     assert (ant_run / "metacontroller" / "frozen.safetensors").exists()
     assert (ant_run / "metacontroller" / "cotrained_base.safetensors").exists()
+    for method in ("internal", "raw"):
+        rl = res[f"rl_{method}_0-1-2-3_4ep"]
+        assert rl["method"] == method and rl["episodes"] == 4 and 0 <= rl["final_success"] <= 1
+    closed = json.loads((ant_run / "rl_internal_0-1-2-3_4ep" / "metrics.json").read_text())["closed_loop"]
+    assert closed["episodes"] == 4 and set(closed["codes"]) <= {"decisions", "subgoal"}  # no direction probe on torques
+    assert load_model(ant_run / "rl_raw_0-1-2-3_4ep", "policy").cfg.backbone == "hawk"
+    inj = res["injection"]
+    assert inj["inject_step"] == 3
+    for key in ("mid_episode_success_without", "mid_episode_success_with", "unseen_transition_success_with"):
+        assert inj[key] is None or 0 <= inj[key] <= 1, key
 
 
 def test_finished_ant_stages_are_skipped(ant_run, capsys):
@@ -96,7 +110,9 @@ def test_finished_ant_stages_are_skipped(ant_run, capsys):
     assert main(["train", "--env", "ant", "--out", str(ant_run), "--no-progress"]) == 0
     assert main(["run", "--out", str(ant_run), "--no-progress"]) == 0  # every stage finished: all skipped
     out = capsys.readouterr().out
-    assert out.count("finished earlier, skipped") == 1 + 7 and "done in" in out  # train, then run's seven
+    # train, then run's ten: data, data_clean, base_model, eval_base, probes, controllers, metacontroller, both RL runs,
+    # injection
+    assert out.count("finished earlier, skipped") == 1 + 10 and "done in" in out
     assert {k: v for k, v in _files(ant_run).items() if k != "results.json"} == before
     assert "wall_seconds_last_invocation" in json.loads((ant_run / "results.json").read_text())["timings"]
 
@@ -108,7 +124,7 @@ def test_a_grid_command_on_an_ant_run_is_refused(ant_run, capsys):
         err = capsys.readouterr().err
         assert "holds an ant run" in err and "--env grid" in err and "nothing was changed" in err
     for cmd in (["experiment", "--env", "ant", "--out", str(ant_run)], ["sweep-alpha", "--out", str(ant_run)],
-                ["rl", "--out", str(ant_run)], ["report", "--out", str(ant_run)], ["steerability", str(ant_run)]):
+                ["report", "--out", str(ant_run)], ["steerability", str(ant_run)]):
         assert main(cmd) == 2
         assert "does not run on the ant-pinpad yet" in capsys.readouterr().err
     assert _files(ant_run) == before

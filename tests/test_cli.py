@@ -22,7 +22,10 @@ def test_run_writes_results_and_report_then_skips_finished_stages(tmp_path, caps
     out = tmp_path / "run"
     assert main(["run", "--out", str(out), *TINY]) == 0
     results = json.loads((out / "results.json").read_text())
-    assert {"data", "base_model", "eval_base", "probes", "controllers", "metacontroller"} <= set(results)
+    assert {"data", "base_model", "eval_base", "probes", "controllers", "metacontroller", "injection"} <= set(results)
+    inj = json.loads((out / "injection" / "metrics.json").read_text())
+    assert inj["inject_step"] == 5 and len(inj["bank"]["codes_per_subgoal"]) == 4  # the grid's four pairs
+    assert inj["unseen_transition"]["from"] == 0 and inj["unseen_transition"]["to"] == 1  # A -> B
     assert 0 <= results["eval_base"]["free_play_completion"] <= 1
     assert (out / "report.html").read_text().count("<img") >= 8
     assert len(list((out / "base_model" / "snapshots").glob("*.safetensors"))) == 2
@@ -42,7 +45,7 @@ def test_run_writes_results_and_report_then_skips_finished_stages(tmp_path, caps
     assert "free play:" in printed and "switch F1" in printed and "RL internal on" in printed and "report:" in printed
     weights = (out / "base_model" / "model.safetensors").read_bytes()
     assert main(["run", "--out", str(out), *TINY]) == 0
-    assert capsys.readouterr().out.count("finished earlier, skipped") == 8
+    assert capsys.readouterr().out.count("finished earlier, skipped") == 9
     assert (out / "base_model" / "model.safetensors").read_bytes() == weights
 
 

@@ -26,7 +26,8 @@ import torch
 from .config import Config, ConfigError
 from .data import DataError, load_trajectories
 from .envs.tasks import parse_task_set
-from .pipeline import clean_data, command, stage_probes  # the grid's probe stage serves the ant as it is
+# the grid's probe, metacontroller, RL and injection stages serve the ant as they are
+from .pipeline import clean_data, command, stage_injection, stage_metacontroller, stage_probes, stage_rl_quick
 from .rundir import RunDir
 from .train import evaluate_heldout, load_model, resolve_device, save_model, train_base_model
 
@@ -255,56 +256,9 @@ def stage_controllers(cfg: Config, run: RunDir, progress: bool = True):
                       {"headline": headline, "per_layer": per_layer, "uncontrolled": uncontrolled})
 
 
-META_KEYS = ("f1", "precision", "recall", "switches_per_episode", "subgoals_per_episode", "fraction_beta_intermediate",
-             "action_nll", "kl", "train_seconds")
-
-
-def stage_metacontroller(cfg: Config, run: RunDir, progress: bool = True):
-    """The metacontroller at L/2 (SPEC §5; the ant's full-rank ``U``) on D*, with the base model frozen and
-    co-trained beside it; its switch scored against the colour changes on held-out D*
-    (:func:`internalrl.metacontroller.train_metacontroller` and ``evaluate_metacontroller``, the grid's)."""
-    from .checkpoint import Checkpoint
-    from .metacontroller import cotrained_config, evaluate_metacontroller, train_metacontroller
-    from .train import save_weights
-
-    if run.done("metacontroller"):
-        _log("metacontroller: finished earlier, skipped")
-        return run.path("metacontroller")
-    t0 = time.perf_counter()
-    device = resolve_device(cfg.train.device)
-    data = clean_data(cfg, run)
-    train_idx, val_idx = data.split(cfg.data.val_fraction)
-    layer = cfg.meta_layer()
-    work = run.partial("metacontroller")
-    results = {}
-    for label, mc in (("frozen", cfg.metacontroller), ("cotrained", cotrained_config(cfg.metacontroller))):
-        t1 = time.perf_counter()
-        base = load_model(run.require("base_model", command(cfg, "train")), device=device)  # fresh: co-training changes it
-        meta, curve = train_metacontroller(base, data, train_idx, mc, layer, cfg.seed + 3000, device, progress,
-                                           desc=f"metacontroller ({label})",
-                                           checkpoint=Checkpoint(work / f"checkpoint_{label}.pt"))
-        res = evaluate_metacontroller(base, meta, data, val_idx, layer, device, seed=cfg.seed)
-        np.savez(work / f"{label}_examples.npz", gates=res.pop("gates")[:8].numpy(),
-                 subgoals=res.pop("subgoals")[:8].numpy(), mask=res.pop("mask")[:8].numpy())
-        res.update(train_seconds=time.perf_counter() - t1, curve=curve)
-        save_weights(meta, work / f"{label}.safetensors")
-        if mc.cotrain:
-            save_weights(base, work / f"{label}_base.safetensors")
-        results[label] = res
-        fmt = lambda v: "n/a" if v is None else f"{v:.3f}"  # noqa: E731
-        _log(f"metacontroller ({label}, alpha={mc.alpha}): switch F1 {res['f1']:.3f} against the colour changes "
-             f"(precision {fmt(res['precision'])}, recall {fmt(res['recall'])}), switches/episode "
-             f"{res['switches_per_episode']:.2f} vs colours {res['subgoals_per_episode']:.2f}, NLL "
-             f"{res['action_nll']:.3f}, KL {res['kl']:.3f}")
-    headline = {"layer": layer, "alpha": cfg.metacontroller.alpha, "rank": cfg.metacontroller.rank or "full",
-                **{k: results["frozen"][k] for k in META_KEYS},
-                **{f"cotrained_{k}": results["cotrained"][k] for k in META_KEYS}, "seconds": time.perf_counter() - t0}
-    return run.finish("metacontroller", {"metacontroller": asdict(cfg.metacontroller), "seed": cfg.seed},
-                      {"headline": headline, **results})
-
-
-#: The stage functions of each ant command (the grid's pipeline has the others).
+#: The stage functions of each ant command (``rl`` runs one method: see :mod:`internalrl.cli_ant`).
 STAGES = {"data": [stage_data], "train": [stage_base_model], "evaluate": [stage_eval_base], "probe": [stage_probes],
-          "controllers": [stage_controllers], "metacontroller": [stage_metacontroller]}
-#: ``run --env ant``: every ant stage so far, in order (internal RL and the report are the grid's alone so far).
-STAGES["run"] = [stage_data, stage_base_model, stage_eval_base, stage_probes, stage_controllers, stage_metacontroller]
+          "controllers": [stage_controllers], "metacontroller": [stage_metacontroller], "injection": [stage_injection]}
+#: ``run --env ant``: every stage, in order: internal RL and raw-action RL on the post-training task, then injection.
+STAGES["run"] = [stage_data, stage_base_model, stage_eval_base, stage_probes, stage_controllers, stage_metacontroller,
+                 stage_rl_quick, stage_injection]

@@ -136,7 +136,8 @@ def _main(argv: list[str]) -> int:
                         ("evaluate", "evaluate the base model as a policy"),
                         ("probe", "layer-wise linear probes of the subgoal"),
                         ("controllers", "supervised subgoal controllers (and the layer sweep)"),
-                        ("metacontroller", "train the metacontroller (frozen base, and co-trained beside it)")]:
+                        ("metacontroller", "train the metacontroller (frozen base, and co-trained beside it)"),
+                        ("injection", "latent code injection through the frozen metacontroller (Fig. A4)")]:
         p = sub.add_parser(name, help=help_)
         _common(p)
         if name in ("run", "train", "metacontroller"):
@@ -306,8 +307,10 @@ def _dispatch(args) -> int:
         "probe": [pipeline.stage_probes],
         "controllers": [pipeline.stage_controllers],
         "metacontroller": [pipeline.stage_metacontroller],
+        "injection": [pipeline.stage_injection],
         "run": [pipeline.stage_data, pipeline.stage_base_model, pipeline.stage_eval_base, pipeline.stage_probes,
-                pipeline.stage_controllers, pipeline.stage_metacontroller, pipeline.stage_rl_quick],
+                pipeline.stage_controllers, pipeline.stage_metacontroller, pipeline.stage_rl_quick,
+                pipeline.stage_injection],
     }[args.command]
     make_base = cli_pretrained.base_model_stage(args, source)
     if args.command == "train" and (args.checkpoint_file or args.minutes is not None):

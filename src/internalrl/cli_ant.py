@@ -1,4 +1,4 @@
-"""The command line's ant-pinpad commands: ``internalrl run|data|train|evaluate|probe|controllers|metacontroller|bench --env ant``.
+"""The command line's ant-pinpad commands: ``internalrl run|data|train|evaluate|probe|controllers|metacontroller|rl|injection|bench --env ant``.
 
 The environment of a run directory is part of its config (``env.name`` in ``run.json``), so an
 ant command pointed at a grid run (or the reverse) is refused with both names before anything
@@ -13,7 +13,7 @@ from .config import ConfigError
 from .rundir import RunDir, RunDirError, read_run_json
 
 #: The commands that run on an ant run directory so far.
-ANT_COMMANDS = ("run", "data", "train", "evaluate", "probe", "controllers", "metacontroller")
+ANT_COMMANDS = ("run", "data", "train", "evaluate", "probe", "controllers", "metacontroller", "rl", "injection")
 
 
 def stored_env(root: Path) -> str | None:
@@ -63,6 +63,15 @@ def dispatch(args, cfg) -> int:
         raise ConfigError(f"--minutes must be positive, got {minutes}")
     run = RunDir(args.out or f"runs/ant-{args.preset or 'quick'}-seed{cfg.seed}", cfg)
     progress = not args.no_progress
+    if cmd == "rl":
+        from .pipeline import run_rl
+
+        if args.episodes is not None:
+            if args.episodes < 1:
+                raise ConfigError("--episodes must be at least 1")
+            cfg.rl.episodes = args.episodes
+        run_rl(cfg, run, args.method, args.task, progress=progress)
+        return 0
     t0 = time.perf_counter()
     for stage in ant_stages.STAGES[cmd]:
         if stage is ant_stages.stage_base_model:
@@ -73,8 +82,7 @@ def dispatch(args, cfg) -> int:
     if cmd == "run":
         elapsed = time.perf_counter() - t0
         run.update_results("wall_seconds_last_invocation", {"seconds": elapsed})
-        print(f"[internalrl] done in {elapsed / 60:.1f} min; numbers: {run.root / 'results.json'} (the ant has no "
-              "internal RL stage or report yet)")
+        print(f"[internalrl] done in {elapsed / 60:.1f} min; numbers: {run.root / 'results.json'}")
     return 0
 
 

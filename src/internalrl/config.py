@@ -78,6 +78,7 @@ class TrainConfig:
 class EvalConfig:
     num_envs: int = 1024  # episodes per rollout evaluation, stepped together
     temperature: float = 1.0
+    inject_step: int = 5  # latent code injection mid-episode at this step [choice; the ant's 30 is the paper's]
 
 
 @dataclass
@@ -173,6 +174,7 @@ class Config:
             ("train.device", self.train.device != "cuda" or _cuda_available(), "auto or cpu: no CUDA device is available"),
             ("eval.num_envs", self.eval.num_envs >= 1, "at least 1"),
             ("eval.temperature", self.eval.temperature > 0, "positive"),
+            ("eval.inject_step", 0 <= self.eval.inject_step < self.env.horizon, f"in [0, env.horizon={self.env.horizon})"),
             ("probe.train_episodes", self.probe.train_episodes >= 10, "at least 10"),
             ("probe.test_episodes", self.probe.test_episodes >= 10, "at least 10"),
             ("probe.fit_steps", self.probe.fit_steps >= 1, "at least 1"),
@@ -314,10 +316,13 @@ def _ant_quick() -> Config:
     c.train = TrainConfig(steps=2000, batch_size=32, lr=2e-3, weight_decay=0.03, obs_loss_weight=10.0,
                           warmup_steps=100, final_lr_fraction=0.1, eval_every=500, checkpoint_every=250, snapshots=4)
     c.eval.num_envs = 512
+    c.eval.inject_step = 30  # Fig. A4: a colour's code injected at step 30
     # [choice] ~58k steps fit a probe: the grid's 2000 episodes (~580k ant steps) took over 9 CPU-minutes per model
     c.probe = ProbeConfig(train_episodes=200, test_episodes=100, fit_steps=300)
     c.controllers = ControllerConfig(rank=0, steps=500, batch_size=32, lr=1e-3)  # SPEC §4: full rank for the ant
     c.metacontroller = MetacontrollerConfig(rank=0, steps=2000, batch_size=32, lr=1e-3)
+    # [choice] an ant episode is ~30x a grid episode's steps: 8 PPO iterations of 256 episodes
+    c.rl = RLConfig(episodes=2048, batch_size=256, lr=3e-4, policy_hidden=128)
     return c
 
 
@@ -327,6 +332,7 @@ def _ant_paper() -> Config:
     c = Config(env=_ant_env())
     c.data.num_episodes = 20_000  # [choice] the paper does not give its dataset size; ~2 GB padded to T = 500
     c.model = _ant_model(width=256, depth=8, heads=8, mlp=512, lru_width=256)
+    c.eval.inject_step = 30
     c.train = TrainConfig(steps=204_800, batch_size=512, lr=3e-4, weight_decay=0.03, obs_loss_weight=10.0)
     c.controllers.rank = 0
     c.metacontroller = MetacontrollerConfig(rank=0, steps=32_000, batch_size=128, lr=3e-4)

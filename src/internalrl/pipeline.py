@@ -161,7 +161,7 @@ def stage_eval_base(cfg: Config, run: RunDir, progress: bool = True):
         _log("eval_base: finished earlier, skipped")
         return run.path("eval_base")
     device = resolve_device(cfg.train.device)
-    model = load_model(run.require("base_model", "train"), device=device)
+    model = load_model(run.require("base_model", command(cfg, "train")), device=device)
     spec = cfg.env.spec()
     pre = parse_task_set(cfg.env.pretrain_tasks, spec.num_objects)
     post = parse_task_set(cfg.env.posttrain_task, spec.num_objects)
@@ -260,7 +260,7 @@ def stage_controllers(cfg: Config, run: RunDir, progress: bool = True):
     t0 = time.perf_counter()
     device = resolve_device(cfg.train.device)
     data = clean_data(cfg, run)
-    model = load_model(run.require("base_model", "train"), device=device)
+    model = load_model(run.require("base_model", command(cfg, "train")), device=device)
     spec = cfg.env.spec()
     post = parse_task_set(cfg.env.posttrain_task, spec.num_objects)
     pre = parse_task_set(cfg.env.pretrain_tasks, spec.num_objects)
@@ -325,7 +325,7 @@ def _train_and_eval_meta(cfg: Config, run: RunDir, mc, label: str, progress: boo
 
     device = resolve_device(cfg.train.device)
     data = clean_data(cfg, run)
-    base = load_model(run.require("base_model", "train"), device=device)  # a fresh copy: co-training changes it
+    base = load_model(run.require("base_model", command(cfg, "train")), device=device)  # a fresh copy: co-training changes it
     train_idx, val_idx = data.split(cfg.data.val_fraction)
     layer = cfg.meta_layer()
     t0 = time.perf_counter()
@@ -384,7 +384,7 @@ def stage_metacontroller(cfg: Config, run: RunDir, progress: bool = True, meta_s
     aligned_at = next((r["step"] for r in results["frozen"]["over_training"] if r["f1"] >= 0.9), None)
     _log(f"metacontroller (frozen): held-out switch F1 first >= 0.9 at step {aligned_at or 'never'} "
          f"(checked every {results['frozen']['monitor_every']} steps)")
-    headline = {"layer": cfg.meta_layer(), "alpha": cfg.metacontroller.alpha,
+    headline = {"layer": cfg.meta_layer(), "alpha": cfg.metacontroller.alpha, "rank": cfg.metacontroller.rank or "full",
                 **{f"{k}": results["frozen"][k] for k in keys}, "first_step_f1_0.9": aligned_at,
                 **{f"cotrained_{k}": results["cotrained"][k] for k in keys}, "seconds": time.perf_counter() - t0}
     return run.finish(stage, {"metacontroller": asdict(cfg.metacontroller), "seed": cfg.seed, "meta_seed": meta_seed},
@@ -445,7 +445,7 @@ def stage_compile(cfg: Config, run: RunDir, progress: bool = True, meta_seed: in
     work = run.partial(stage)
     device = resolve_device(cfg.train.device)
     data = clean_data(cfg, run)
-    base = load_model(run.require("base_model", "train"), device=device)
+    base = load_model(run.require("base_model", command(cfg, "train")), device=device)
     train_idx, val_idx = data.split(cfg.data.val_fraction)
     layer = cfg.meta_layer()
     t0 = time.perf_counter()
@@ -509,7 +509,7 @@ def run_rl(cfg: Config, run: RunDir, method: str, task: str | None = None, meta_
     device = resolve_device(cfg.train.device)
     layer = cfg.meta_layer()
     seed = cfg.seed + 5000 + 101 * meta_seed + RL_SEED_STRIDE * rl_seed
-    base = load_model(run.require("base_model", "train"), device=device)
+    base = load_model(run.require("base_model", command(cfg, "train")), device=device)
     work = run.partial(name)
     ckpt = Checkpoint(work / "checkpoint.pt")
     closed = None  # raw-action RL has no switch and no codes
@@ -560,6 +560,37 @@ def run_rl(cfg: Config, run: RunDir, method: str, task: str | None = None, meta_
     _log(f"{name}: final success {final:.3f} after {curve[-1][0]} episodes ({curve[-1][2]:.0f} s)")
     return run.finish(name, {"rl": asdict(cfg.rl), "method": method, "task": task_str_, "seed": seed},
                       {"headline": headline, "curve": curve, **({"closed_loop": closed} if closed else {})})
+
+
+def stage_injection(cfg: Config, run: RunDir, progress: bool = True):
+    """Latent code injection (Fig. A4; :mod:`internalrl.analysis.injection`) through the frozen
+    metacontroller: a subgoal's code put in force mid-episode and right at the post-training task's first
+    unseen transition, against the same rollouts without it."""
+    from .analysis.injection import latent_code_injection
+
+    if run.done("injection"):
+        _log("injection: finished earlier, skipped")
+        return run.path("injection")
+    t0 = time.perf_counter()
+    device = resolve_device(cfg.train.device)
+    spec = cfg.env.spec()
+    base = load_model(run.require("base_model", command(cfg, "train")), device=device)
+    folder = run.require("metacontroller", command(cfg, "metacontroller"))
+    meta = _load_meta(folder / "frozen.safetensors", cfg.metacontroller, base.cfg.width, device)
+    res = latent_code_injection(base, meta, cfg.meta_layer(), spec, parse_task_set(cfg.env.pretrain_tasks, spec.num_objects),
+                                parse_task_set(cfg.env.posttrain_task, spec.num_objects)[0], cfg.eval.num_envs,
+                                cfg.seed + 6000, device, inject_step=cfg.eval.inject_step, threshold=cfg.rl.threshold)
+    mid, unseen = res["mid_episode"], res["unseen_transition"]
+    _log(f"injection: {res['bank']['single_subgoal_episodes']} single-subgoal episodes gave codes "
+         f"{res['bank']['codes_per_subgoal']}; at step {cfg.eval.inject_step}: reaching the target {_fmt(mid['success_without'])} "
+         f"without, {_fmt(mid['success_with'])} with the code ({mid['episodes']} episodes); after the first subgoal: "
+         f"reaching the next {_fmt(unseen['success_without'])} without, {_fmt(unseen['success_with'])} with")
+    headline = {"mid_episode_success_without": mid["success_without"], "mid_episode_success_with": mid["success_with"],
+                "mid_episode_episodes": mid["episodes"], "unseen_transition_success_without": unseen["success_without"],
+                "unseen_transition_success_with": unseen["success_with"], "unseen_transition_episodes": unseen["episodes"],
+                "inject_step": cfg.eval.inject_step, "bank_codes": res["bank"]["single_subgoal_episodes"],
+                "seconds": time.perf_counter() - t0}
+    return run.finish("injection", {"eval": asdict(cfg.eval), "seed": cfg.seed}, {"headline": headline, **res})
 
 
 def _rl_variant(cfg: Config, run: RunDir) -> str:

@@ -199,10 +199,13 @@ def test_code_content_finds_what_the_codes_carry():
     codes = torch.nn.functional.one_hot(subgoals, 8).float() + 0.1 * torch.randn(n, t, 8, generator=g)
     decisions = torch.rand(n, t, generator=g) < 0.5
     with torch.no_grad():  # as in a rollout's evaluation
-        out = code_content(codes, decisions, subgoals, actions, num_subgoals=4, num_actions=4)
+        out = code_content(codes, decisions, subgoals, num_subgoals=4, direction=(actions, 4))
     assert out["decisions"] == int(decisions.sum())
     assert out["subgoal"]["accuracy"] > 0.95  # the codes spell the subgoal
     assert out["direction"]["accuracy"] < 0.5  # and know nothing of the (independent) action
     few = torch.zeros(n, t, dtype=torch.bool)
     few[:5, 0] = True
-    assert code_content(codes, few, subgoals, actions, 4, 4)["subgoal"] is None
+    assert code_content(codes, few, subgoals, 4, (actions, 4))["subgoal"] is None
+    # without actions to probe (the ant's torques), only the subgoal probe
+    with torch.no_grad():
+        assert set(code_content(codes, decisions, subgoals, 4)) == {"decisions", "subgoal"}

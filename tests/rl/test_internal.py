@@ -144,3 +144,47 @@ def test_raw_rollout_log_probs_match_whole_sequence_replay(setup):
         replay = base.action_log_prob(base(obs), roll["actions"][:, :t])
     mask = torch.arange(t)[None] < roll["lengths"][:, None]
     assert torch.allclose(replay[mask], roll["log_probs"][:, :t][mask], atol=1e-5)
+
+
+def test_override_puts_a_code_in_force_whatever_the_switch_says(setup):
+    base, meta, _ = setup
+    code = torch.randn(8, generator=torch.Generator().manual_seed(3))
+    env_a = BatchedGridPinpad(6, parse_task_set("0-1-2-3", 8), SPEC, seed=4)
+    held = rollout_internal(base, meta, None, env_a, LAYER, seed=0, device="cpu",
+                            codes=code.expand(6, SPEC.horizon, 8), threshold=-1.0)  # the code taken at every step
+    env_b = BatchedGridPinpad(6, parse_task_set("0-1-2-3", 8), SPEC, seed=4)
+    env_b.reset()  # the same layouts (a replay of actions does not reset)
+    other = torch.randn(6, SPEC.horizon, 8, generator=torch.Generator().manual_seed(5))
+    forced = rollout_internal(base, meta, None, env_b, LAYER, seed=0, device="cpu", codes=other, threshold=-1.0,
+                              actions=held.actions,
+                              override=lambda t, env: (torch.ones(6, dtype=torch.bool), code.expand(6, 8)))
+    live = torch.arange(SPEC.horizon)[None] < held.lengths[:, None]
+    # the same code in force, so the same controlled model, whatever the codes offered and the switch
+    assert torch.allclose(forced.action_log_probs[live], held.action_log_probs[live], atol=1e-5)
+    assert not forced.decisions.any()  # a forced code is not a decision of the switch
+
+
+def test_injection_helpers_read_subgoals_from_visits():
+    from internalrl.analysis.injection import next_subgoal, reached_subgoals
+
+    visits = [(3, 2), (5, 3), (9, 0), (12, 1), (15, 4)]  # B, then A, then half of C
+    assert reached_subgoals(visits, 2) == [(5, 1), (12, 0)]
+    assert reached_subgoals([(1, 3), (2, 2)], 2) == []  # 3 then 2 is no subgoal
+    assert reached_subgoals(visits, 1) == [(3, 2), (5, 3), (9, 0), (12, 1), (15, 4)]  # the ant: one colour each
+    assert next_subgoal(visits, 2, 2) == 0 and next_subgoal(visits, 4, 2) == -1 and next_subgoal(visits, 1, 2) == -1
+
+
+def test_latent_code_injection_on_a_tiny_model(setup):
+    from internalrl.analysis.injection import latent_code_injection
+
+    base, meta, _ = setup
+    spec = GridSpec(horizon=40)
+    res = latent_code_injection(base, meta, LAYER, spec, TASKS, parse_task_set("0-1-2-3", 8)[0], 64, seed=0,
+                                device="cpu", inject_step=5)
+    bank = res["bank"]
+    assert len(bank["codes_per_subgoal"]) == 4 and sum(bank["codes_per_subgoal"]) == bank["single_subgoal_episodes"]
+    for part in ("mid_episode", "unseen_transition"):
+        for key in ("success_without", "success_with"):
+            v = res[part][key]
+            assert v is None or 0 <= v <= 1, (part, key, v)
+    assert res["unseen_transition"]["from"] == 0 and res["unseen_transition"]["to"] == 1

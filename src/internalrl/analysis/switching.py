@@ -51,16 +51,19 @@ def closed_loop_switching(decisions: torch.Tensor, subgoals: torch.Tensor, lengt
     return out
 
 
-def code_content(codes: torch.Tensor, decisions: torch.Tensor, subgoals: torch.Tensor, actions: torch.Tensor,
-                 num_subgoals: int, num_actions: int, seed: int = 0, train_fraction: float = 0.7) -> dict:
+def code_content(codes: torch.Tensor, decisions: torch.Tensor, subgoals: torch.Tensor, num_subgoals: int,
+                 direction: tuple[torch.Tensor, int] | None = None, seed: int = 0, train_fraction: float = 0.7) -> dict:
     """What the codes a policy chose carry: a linear probe from each code (taken where ``decisions``)
-    to the subgoal the task asked for then, and one to the raw action taken at that step (the
-    walking direction), fit on ``train_fraction`` of the decisions and scored on the rest, each
+    to the subgoal the task asked for then, and, given ``direction = (actions (N, T), number of
+    actions)``, one to the raw action taken at that step (the walking direction), fit on ``train_fraction`` of the decisions and scored on the rest, each
     beside the majority-class rate of the held-out decisions. None where too few decisions."""
     from .probes import fit_probe
 
     take = decisions & (subgoals >= 0)
-    x, labels = codes[take].float(), {"subgoal": (subgoals[take], num_subgoals), "direction": (actions[take], num_actions)}
+    labels = {"subgoal": (subgoals[take], num_subgoals)}
+    if direction is not None:
+        labels["direction"] = (direction[0][take], direction[1])
+    x = codes[take].float()
     n = x.shape[0]
     out = {"decisions": int(n)}
     n_train = int(n * train_fraction)

@@ -20,6 +20,7 @@ from tqdm.auto import tqdm
 
 from ..checkpoint import Checkpoint
 from ..data import grid_observations
+from ..envs import make_batched_env
 from ..envs.gridworld import BatchedGridPinpad, GridSpec
 from ..envs.tasks import Task
 from ..live import LiveRows
@@ -61,7 +62,7 @@ def _minibatches(n: int, k: int, rng: np.random.Generator):
     return [torch.as_tensor(c) for c in np.array_split(perm, min(k, n))]
 
 
-def _resume(checkpoint: Checkpoint | None, modules: dict, opt, rng, env: BatchedGridPinpad, cfg: RLConfig,
+def _resume(checkpoint: Checkpoint | None, modules: dict, opt, rng, env, cfg: RLConfig,
             desc: str, progress: bool):
     """The PPO loops' shared start: restore the checkpoint (if any) and return (checkpoint, curve,
     episodes seen, iteration, clock start counting earlier runs' seconds, iterations in all, progress bar)."""
@@ -74,19 +75,19 @@ def _resume(checkpoint: Checkpoint | None, modules: dict, opt, rng, env: Batched
             time.perf_counter() - extra.get("seconds", 0.0), -(-cfg.episodes // cfg.batch_size), bar)
 
 
-def train_internal_rl(base: SequenceModel, meta: Metacontroller, layer: int, spec: GridSpec, task: Task,
+def train_internal_rl(base: SequenceModel, meta: Metacontroller, layer: int, spec, task: Task,
                       cfg: RLConfig, seed: int, device, progress: bool = True, desc: str = "internal RL",
                       checkpoint: Checkpoint | None = None, scalars=None):
     """Returns the policy and a curve of (episodes seen, batch success rate, seconds).
     ``checkpoint`` (counted in PPO iterations) makes a killed run resume; ``scalars(episodes, values)``
-    (:mod:`internalrl.scalars`) gets each batch's success rate."""
+    (:mod:`internalrl.scalars`) gets each batch's success rate. ``spec``: a ``GridSpec`` or an ``AntSpec``."""
     torch.manual_seed(seed)
     rng = np.random.default_rng(seed)
     for p in list(base.parameters()) + list(meta.parameters()):
         p.requires_grad_(False)
     policy = RecurrentCodePolicy(base.cfg.width, meta.cfg.code_dim, cfg.policy_hidden).to(device)
     opt = torch.optim.Adam(policy.parameters(), lr=cfg.lr)
-    env = BatchedGridPinpad(cfg.batch_size, [task], spec, seed=seed)
+    env = make_batched_env(spec, cfg.batch_size, [task], seed)
     ckpt, curve, seen, it, t0, iterations, bar = _resume(checkpoint, {"policy": policy}, opt, rng, env, cfg, desc, progress)
     while seen < cfg.episodes:
         roll = rollout_internal(base, meta, policy, env, layer, seed * 100_003 + it, device, threshold=cfg.threshold)
@@ -116,37 +117,52 @@ def train_internal_rl(base: SequenceModel, meta: Metacontroller, layer: int, spe
 
 
 @torch.no_grad()
-def rollout_raw(model: SequenceModel, env: BatchedGridPinpad, seed: int, device) -> dict:
+def rollout_raw(model: SequenceModel, env, seed: int, device) -> dict:
+    """N episodes of the base model as a policy. On the gridworld the observations are kept as the
+    layout and the agent's cells (rebuilt by :func:`grid_observations` for training, a fraction of
+    the memory); on other environments (the ant) as the observations themselves."""
     gen = torch.Generator(device=device).manual_seed(seed)
     obs = env.reset()
-    state = model.initial_state(env.num_envs, device)
+    n = env.num_envs
+    state = model.initial_state(n, device)
     horizon = env.spec.horizon
-    agent = torch.zeros(env.num_envs, horizon + 1, dtype=torch.long)
-    agent[:, 0] = torch.as_tensor(env.agent)
-    actions = torch.zeros(env.num_envs, horizon, dtype=torch.long)
-    logp = torch.zeros(env.num_envs, horizon)
-    lengths = torch.zeros(env.num_envs, dtype=torch.long)
-    rows = LiveRows(env.num_envs, device)
+    grid = isinstance(env, BatchedGridPinpad)
+    if grid:
+        agent = torch.zeros(n, horizon + 1, dtype=torch.long)
+        agent[:, 0] = torch.as_tensor(env.agent)
+    else:
+        observations = torch.zeros(n, horizon, obs.shape[1])
+    categorical = model.cfg.action_type == "categorical"
+    actions = (torch.zeros(n, horizon, dtype=torch.long) if categorical
+               else torch.zeros(n, horizon, model.cfg.action_dim))
+    logp = torch.zeros(n, horizon)
+    lengths = torch.zeros(n, dtype=torch.long)
+    rows = LiveRows(n, device)
     for t in range(horizon):
         keep = rows.shrink(env)
         if keep is not None:
             state.select_(keep)
         live = torch.as_tensor(~env.done)
         idx = rows.idx.cpu()
-        out = model(torch.as_tensor(obs, device=device)[rows.idx, None], state=state)
+        obs_rows = torch.as_tensor(obs, device=device)[rows.idx]
+        if not grid:
+            observations[idx, t] = obs_rows.cpu()
+        out = model(obs_rows[:, None], state=state)
         a = model.sample_action(out, gen)
         logp[idx, t] = model.action_log_prob(out, a[:, None])[:, 0].cpu()
         actions[idx, t] = a.cpu()
         obs, *_ = env.step(rows.actions(a))
-        agent[:, t + 1] = torch.as_tensor(env.agent)
+        if grid:
+            agent[:, t + 1] = torch.as_tensor(env.agent)
         lengths += live.long()
         if env.done.all():
             break
-    return {"layout": torch.as_tensor(env.cell_identity), "agent": agent, "actions": actions, "log_probs": logp,
-            "lengths": lengths, "returns": torch.as_tensor(env.succeeded.astype(np.float32))}
+    kept = {"layout": torch.as_tensor(env.cell_identity), "agent": agent} if grid else {"obs": observations}
+    return {**kept, "actions": actions, "log_probs": logp, "lengths": lengths,
+            "returns": torch.as_tensor(env.succeeded.astype(np.float32))}
 
 
-def train_raw_rl(base: SequenceModel, spec: GridSpec, task: Task, cfg: RLConfig, seed: int, device,
+def train_raw_rl(base: SequenceModel, spec, task: Task, cfg: RLConfig, seed: int, device,
                  progress: bool = True, desc: str = "raw-action RL", checkpoint: Checkpoint | None = None,
                  scalars=None):
     """Finetune a copy of the base model on raw actions with the same PPO.
@@ -158,7 +174,7 @@ def train_raw_rl(base: SequenceModel, spec: GridSpec, task: Task, cfg: RLConfig,
     for p in model.parameters():
         p.requires_grad_(True)
     opt = torch.optim.Adam(model.parameters(), lr=cfg.lr)
-    env = BatchedGridPinpad(cfg.batch_size, [task], spec, seed=seed)
+    env = make_batched_env(spec, cfg.batch_size, [task], seed)
     ckpt, curve, seen, it, t0, iterations, bar = _resume(checkpoint, {"model": model}, opt, rng, env, cfg, desc, progress)
     while seen < cfg.episodes:
         model.eval()
@@ -169,7 +185,8 @@ def train_raw_rl(base: SequenceModel, spec: GridSpec, task: Task, cfg: RLConfig,
         mask = (torch.arange(t)[None] < roll["lengths"][:, None]).to(device)
         for _ in range(cfg.epochs):
             for mb in _minibatches(cfg.batch_size, cfg.minibatches, rng):
-                obs = grid_observations(roll["layout"][mb], roll["agent"][mb, :t], spec).to(device)
+                obs = (grid_observations(roll["layout"][mb], roll["agent"][mb, :t], spec) if "agent" in roll
+                       else roll["obs"][mb, :t]).to(device)
                 out = model(obs)
                 logp = model.action_log_prob(out, roll["actions"][mb, :t].to(device))
                 loss = clipped_surrogate_loss(logp, roll["log_probs"][mb, :t].to(device), adv[mb.to(device)],
@@ -193,16 +210,17 @@ def train_raw_rl(base: SequenceModel, spec: GridSpec, task: Task, cfg: RLConfig,
 
 @torch.no_grad()
 def evaluate_internal_policy(base: SequenceModel, meta: Metacontroller, policy: RecurrentCodePolicy | None, layer: int,
-                             spec: GridSpec, task: Task, episodes: int, seed: int, device,
+                             spec, task: Task, episodes: int, seed: int, device,
                              threshold: float = 0.5) -> dict:
     """A trained code policy in closed loop (codes sampled, switch hardened at ``threshold``, raw
     actions sampled) on ``episodes`` fresh layouts of ``task``: its success rate, its switches
     against the subgoal changes the episodes reached, and what the codes it chose carry."""
     from ..analysis.switching import closed_loop_switching, code_content
 
-    env = BatchedGridPinpad(episodes, [task], spec, seed=seed)
+    env = make_batched_env(spec, episodes, [task], seed)
     roll = rollout_internal(base, meta, policy, env, layer, seed, device, threshold=threshold)
+    # the walking direction is a raw action on the gridworld; the ant's torques have no such label
+    direction = (roll.actions, base.cfg.action_dim) if base.cfg.action_type == "categorical" else None
     return {"episodes": episodes, "success_rate": float(roll.returns.mean()),
             "switching": closed_loop_switching(roll.decisions, roll.subgoals, roll.lengths),
-            "codes": code_content(roll.codes, roll.decisions, roll.subgoals, roll.actions,
-                                  spec.num_subgoals, 4, seed=seed)}
+            "codes": code_content(roll.codes, roll.decisions, roll.subgoals, spec.num_subgoals, direction, seed=seed)}
