@@ -103,6 +103,17 @@ def test_ant_stages_write_their_numbers(ant_run):
         assert inj[key] is None or 0 <= inj[key] <= 1, key
 
 
+def test_ant_report_has_every_stage(ant_run, capsys):
+    before = {k: v for k, v in _files(ant_run).items() if not k.startswith(("report", "figures"))}
+    assert main(["report", "--out", str(ant_run)]) == 0
+    page = (ant_run / "report.html").read_text()
+    for title in ("Expert data", "Base model", "Base model as a policy", "Linear probes", "Supervised subgoal controllers",
+                  "Metacontroller", "Reinforcement learning", "Switching in closed loop", "Latent code injection"):
+        assert f">{title}</h" in page, title
+    assert "colour 0" in page or "normalised" in page
+    assert {k: v for k, v in _files(ant_run).items() if not k.startswith(("report", "figures"))} == before
+
+
 def test_finished_ant_stages_are_skipped(ant_run, capsys):
     before = {k: v for k, v in _files(ant_run).items() if k != "results.json"}
     assert main(["evaluate", "--out", str(ant_run), "--no-progress"]) == 0
@@ -115,6 +126,7 @@ def test_finished_ant_stages_are_skipped(ant_run, capsys):
     assert out.count("finished earlier, skipped") == 1 + 10 and "done in" in out
     assert {k: v for k, v in _files(ant_run).items() if k != "results.json"} == before
     assert "wall_seconds_last_invocation" in json.loads((ant_run / "results.json").read_text())["timings"]
+    assert "code injection:" in out and "normalised by the expert" in out  # the headline numbers
 
 
 def test_a_grid_command_on_an_ant_run_is_refused(ant_run, capsys):
@@ -124,7 +136,7 @@ def test_a_grid_command_on_an_ant_run_is_refused(ant_run, capsys):
         err = capsys.readouterr().err
         assert "holds an ant run" in err and "--env grid" in err and "nothing was changed" in err
     for cmd in (["experiment", "--env", "ant", "--out", str(ant_run)], ["sweep-alpha", "--out", str(ant_run)],
-                ["report", "--out", str(ant_run)], ["steerability", str(ant_run)]):
+                ["steerability", str(ant_run)]):
         assert main(cmd) == 2
         assert "does not run on the ant-pinpad yet" in capsys.readouterr().err
     assert _files(ant_run) == before

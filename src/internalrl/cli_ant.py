@@ -10,19 +10,10 @@ import time
 from pathlib import Path
 
 from .config import ConfigError
-from .rundir import RunDir, RunDirError, read_run_json
+from .rundir import RunDir, RunDirError, stored_env
 
 #: The commands that run on an ant run directory so far.
 ANT_COMMANDS = ("run", "data", "train", "evaluate", "probe", "controllers", "metacontroller", "rl", "injection")
-
-
-def stored_env(root: Path) -> str | None:
-    """The environment of the run in ``root`` (``grid`` for runs made before it was recorded), or None."""
-    meta = read_run_json(Path(root))
-    if meta is None:
-        return None
-    env = meta["config"].get("env")
-    return env.get("name", "grid") if isinstance(env, dict) else "grid"
 
 
 def run_env(args) -> str:
@@ -47,6 +38,7 @@ def refuse_ant_run(root, command: str) -> None:
 
 def dispatch(args, cfg) -> int:
     from . import ant_stages
+    from .report import headline_lines, write_report
 
     cmd = args.command
     if cmd not in ANT_COMMANDS:
@@ -71,6 +63,7 @@ def dispatch(args, cfg) -> int:
                 raise ConfigError("--episodes must be at least 1")
             cfg.rl.episodes = args.episodes
         run_rl(cfg, run, args.method, args.task, progress=progress)
+        print(write_report(run.root))
         return 0
     t0 = time.perf_counter()
     for stage in ant_stages.STAGES[cmd]:
@@ -82,7 +75,11 @@ def dispatch(args, cfg) -> int:
     if cmd == "run":
         elapsed = time.perf_counter() - t0
         run.update_results("wall_seconds_last_invocation", {"seconds": elapsed})
-        print(f"[internalrl] done in {elapsed / 60:.1f} min; numbers: {run.root / 'results.json'}")
+        report = write_report(run.root)
+        print(f"[internalrl] done in {elapsed / 60:.1f} min", flush=True)
+        for line in headline_lines(run.results()):
+            print(f"  {line}")
+        print(f"[internalrl] report: {report}; every number: {run.root / 'results.json'}")
     return 0
 
 

@@ -256,7 +256,9 @@ def section_probes(root: Path, figs: Path) -> str:
     axes[-1].set_xlabel("time step")
     from matplotlib.patches import Patch
 
-    fig.legend(handles=[Patch(color=colours[i], label=f"subgoal {SUBGOAL_NAMES[i]}") for i in range(k)],
+    names = ([f"colour {i}" for i in range(k)] if _env_name(root) == "ant"
+             else [f"subgoal {SUBGOAL_NAMES[i]}" for i in range(k)])
+    fig.legend(handles=[Patch(color=colours[i], label=names[i]) for i in range(k)],
                loc="upper center", bbox_to_anchor=(0.5, -0.03), ncol=k, fontsize=8, frameon=False)
     fig.suptitle("decoded subgoal along one held-out episode (each step's colour mixes the subgoals' colours by "
                  "the probe's probabilities)", fontsize=9)
@@ -474,11 +476,18 @@ def headline_lines(results: dict) -> list[str]:
     from ``results.json``; stages the run does not have are left out."""
     lines = []
     b, e = results.get("base_model"), results.get("eval_base")
-    if b:
+    if b and "expert_action_entropy" in b:  # the ant: Gaussian torques
+        lines.append(f"base model: held-out action NLL {b['heldout_action_nll']:.3f} nats "
+                     f"(the expert's own entropy {b['expert_action_entropy']:.3f})")
+    elif b:
         lines.append(f"base model: held-out next-action accuracy {100 * b['heldout_action_accuracy']:.1f}% "
                      f"(Bayes-optimal {100 * b['bayes_optimal_accuracy']:.1f}%)" if "bayes_optimal_accuracy" in b else
                      f"base model: held-out next-action accuracy {100 * b['heldout_action_accuracy']:.1f}%")
-    if e:
+    if e and "free_play_normalised" in e:
+        norm = lambda v: "n/a" if v is None else f"{v:.3f}"  # noqa: E731
+        lines.append(f"free play: {100 * e['free_play_success']:.1f}% (normalised by the expert {norm(e['free_play_normalised'])}); "
+                     f"post-training task {100 * e['posttrain_success']:.1f}% (normalised {norm(e['posttrain_normalised'])})")
+    elif e:
         lines.append(f"free play: {100 * e['free_play_completion']:.1f}% of episodes complete a pretraining task; "
                      f"post-training task {100 * e['posttrain_success']:.1f}%")
     if results.get("probes"):
@@ -497,8 +506,97 @@ def headline_lines(results: dict) -> list[str]:
         if name.startswith("rl_") and isinstance(h, dict) and "final_success" in h:
             lines.append(f"RL {h['method']} on {h['task']}: final success {100 * h['final_success']:.1f}% "
                          f"after {h['episodes']} episodes")
+    i = results.get("injection")
+    if i:
+        pct = lambda v: "n/a" if v is None else f"{100 * v:.1f}%"  # noqa: E731
+        lines.append(f"code injection: mid-episode {pct(i['mid_episode_success_without'])} -> "
+                     f"{pct(i['mid_episode_success_with'])}; at the first unseen transition "
+                     f"{pct(i['unseen_transition_success_without'])} -> {pct(i['unseen_transition_success_with'])}")
     return lines
 
+
+def _env_name(root: Path) -> str:
+    from .rundir import stored_env
+
+    return stored_env(root) or "grid"
+
+
+def section_injection(root: Path, figs: Path) -> str:
+    """Latent code injection (Fig. A4): goal-reaching with and without a subgoal's code put in force."""
+    m = json.loads((root / "injection" / "metrics.json").read_text())
+    mid, unseen = m["mid_episode"], m["unseen_transition"]
+    unit = "colour" if _env_name(root) == "ant" else "subgoal"
+    bars = [(f"mid-episode (step {m['inject_step']})", mid), (f"after the first {unit} ({unseen['from']} → {unseen['to']})", unseen)]
+    fig, ax = plt.subplots(figsize=(6, 3))
+    x = np.arange(len(bars))
+    for j, (arm, colour) in enumerate((("success_without", "0.6"), ("success_with", "C0"))):
+        vals = [np.nan if b[arm] is None else b[arm] for _, b in bars]
+        ax.bar(x + (j - 0.5) * 0.35, vals, 0.35, color=colour, label=arm.replace("success_", "") + " injection")
+    ax.set_xticks(x, [label for label, _ in bars], fontsize=8)
+    ax.set(ylabel=f"target {unit} reached", ylim=(0, 1))
+    ax.legend(fontsize=8)
+    return ("<h2>Latent code injection</h2><p>Codes drawn from the metacontroller's prior and its own switch; the code in "
+            f"force when an episode completed its only {unit} is that {unit}'s. Injected (and held until the next visit) "
+            f"at step {m['inject_step']} of new layouts, and right after the post-training task's first {unit}, where the "
+            "transition was never seen in pretraining.</p>"
+            + _table({k: v for k, v in m["headline"].items()}) + _img(_png(fig, figs / "injection.png"),
+                                                                     "Goal-reaching with and without the injected code."))
+
+
+def section_ant_data(root: Path, figs: Path) -> str:
+    rows = {}
+    for stage, label in (("data", "D (sampled expert actions)"), ("data_clean", "D* (mean expert actions)")):
+        if (root / stage / "DONE").exists():
+            h = json.loads((root / stage / "metrics.json").read_text())["headline"]
+            rows[label] = (f"{h['episodes']} episodes, {h['steps']} steps (mean length {h['mean_length']:.0f}); "
+                           f"expert success {100 * h['expert_success_rate']:.1f}%")
+    return "<h2>Expert data</h2>" + _table(rows)
+
+
+def section_ant_base_model(root: Path, figs: Path) -> str:
+    folder = root / "base_model"
+    head = json.loads((folder / "metrics.json").read_text())["headline"]
+    rows = [json.loads(line) for line in (folder / "train_log.jsonl").read_text().splitlines() if line.strip()]
+    tr, va = [r for r in rows if "action_nll" in r], [r for r in rows if "val_action_nll" in r]
+    fig, ax = plt.subplots(figsize=(6, 3.2))
+    ax.plot([r["step"] for r in tr], [r["action_nll"] for r in tr], label="train")
+    ax.plot([r["step"] for r in va], [r["val_action_nll"] for r in va], "o-", label="held out")
+    ax.axhline(head["expert_action_entropy"], color="k", ls="--", label="the expert's own entropy")
+    ax.set(xlabel="step", ylabel="next-action NLL (nats, 8 torques)")
+    ax.legend(fontsize=8)
+    return "<h2>Base model</h2>" + _table(head) + _img(
+        _png(fig, figs / "base_model_training.png"),
+        "Pretraining curve. The expert's entropy is the NLL a model that knew the task and the state would score on D.")
+
+
+def section_ant_eval_base(root: Path, figs: Path) -> str:
+    h = json.loads((root / "eval_base" / "metrics.json").read_text())["headline"]
+    return ("<h2>Base model as a policy</h2><p>Normalised: success divided by the shipped expert's on the same tasks, "
+            "seeds and episode counts, as the paper reports the ant.</p>"
+            + _table({k: v for k, v in h.items() if k != "free_play_outcomes"})
+            + "<p>How free-play episodes ended: " + html.escape(", ".join(
+                f"{k} {100 * v:.1f}%" for k, v in h["free_play_outcomes"].items())) + "</p>")
+
+
+def section_ant_controllers(root: Path, figs: Path) -> str:
+    m = json.loads((root / "controllers" / "metrics.json").read_text())
+    h = m["headline"]
+    fig, ax = plt.subplots(figsize=(5, 3.2))
+    ax.plot(h["layers"], h["posttrain_success_per_layer"], "o-", label="sampled actions")
+    ax.plot(h["layers"], h["posttrain_success_mean_actions_per_layer"], "s--", label="mean actions")
+    ax.axhline(h["uncontrolled_posttrain_success"], color="k", ls=":", label="uncontrolled (sampled)")
+    ax.set(xlabel="controlled layer", ylabel="post-training success", ylim=(-0.02, 1.02),
+           title="supervised colour controllers (full rank)")
+    ax.legend(fontsize=8)
+    rows = {k: v for k, v in h.items() if not k.endswith("_per_layer") and k != "layers"}
+    return "<h2>Supervised subgoal controllers</h2>" + _table(rows) + _img(
+        _png(fig, figs / "controllers.png"), "Success on the post-training task when the controller of the next colour "
+        "acts at each layer (Fig. 4b).")
+
+
+ANT_SECTIONS = [("data", section_ant_data), ("base_model", section_ant_base_model), ("eval_base", section_ant_eval_base),
+                ("probes", section_probes), ("controllers", section_ant_controllers),
+                ("metacontroller", section_metacontroller)]
 
 SECTIONS = [("data", section_data), ("base_model", section_base_model), ("eval_base", section_eval_base),
             ("probes", section_probes), ("controllers", section_controllers),
@@ -522,12 +620,14 @@ def write_report(root: str | Path) -> Path:
             f"{html.escape(str(meta['config'].get('seed', '?')))}.{made} "
             "Every number below was measured in this run; <code>results.json</code> has them all (timings apart, "
             "under <code>timings</code>); each stage's <code>provenance.json</code> records the code that made it.</p>"]
-    for stage, fn in SECTIONS:
+    for stage, fn in ANT_SECTIONS if _env_name(root) == "ant" else SECTIONS:
         if (root / stage / "DONE").exists():
             body.append(fn(root, figs))
     if any((p / "DONE").exists() for p in root.glob("rl_*")):
         body.append(section_rl(root, figs))
         body.append(section_closed_loop(root))
+    if (root / "injection" / "DONE").exists():
+        body.append(section_injection(root, figs))
     body.append("<h2>Config</h2><pre>" + html.escape(json.dumps(meta["config"], indent=1)) + "</pre>")
     style = ("body{font-family:sans-serif;max-width:1100px;margin:2em auto;color:#222}"
              "table{border-collapse:collapse}td{border:1px solid #ccc;padding:3px 8px}"

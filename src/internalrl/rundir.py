@@ -240,6 +240,15 @@ def _locks(root: Path) -> Path:
 
 
 # ------------------------------------------------------------------ the stored config
+def stored_env(root: Path) -> str | None:
+    """The environment of the run in ``root`` (``grid`` for runs made before it was recorded), or None."""
+    meta = read_run_json(Path(root))
+    if meta is None:
+        return None
+    env = meta["config"].get("env")
+    return env.get("name", "grid") if isinstance(env, dict) else "grid"
+
+
 def read_run_json(root: Path) -> dict | None:
     """The record of the run in ``root`` (None if there is none); a damaged record is refused with what to do."""
     path = Path(root) / "run.json"
