@@ -114,6 +114,28 @@ def test_ant_report_has_every_stage(ant_run, capsys):
     assert {k: v for k, v in _files(ant_run).items() if not k.startswith(("report", "figures"))} == before
 
 
+def test_the_ant_model_ships_and_evaluates_normalised(ant_run, tmp_path, capsys):
+    from internalrl import pretrained
+
+    root = tmp_path / "assets"
+    pretrained.export(ant_run, "ant", root)
+    p = pretrained.load("ant", root)
+    assert p.config.env.name == "ant" and p.model.cfg.backbone == "hawk" and p.controllers.rank is None  # full rank
+    assert p.metacontroller is not None and p.policy is not None and "ant-pinpad" in p.card["summary"]
+    for policy in ("base", "controllers", "internal"):
+        assert main(["pretrained", "eval", "ant", "--root", str(root), "--policy", policy, "--episodes", "3",
+                     "--json"]) == 0
+        res = json.loads(capsys.readouterr().out)
+        assert res["env"] == "ant" and res["episodes"] == 3 and 0 <= res["success_rate"] <= 1, policy
+        assert res["task"] == ("ant-pretrain" if policy == "base" else "0-1-2-3")
+        if res["expert_success_rate"] > 0:
+            assert res["normalised_success"] == pytest.approx(res["success_rate"] / res["expert_success_rate"])
+        else:
+            assert res["normalised_success"] is None
+    assert main(["pretrained", "eval", "ant", "--root", str(root), "--task", "0-7", "--json"]) == 2
+    assert "colour" in capsys.readouterr().err
+
+
 def test_finished_ant_stages_are_skipped(ant_run, capsys):
     before = {k: v for k, v in _files(ant_run).items() if k != "results.json"}
     assert main(["evaluate", "--out", str(ant_run), "--no-progress"]) == 0

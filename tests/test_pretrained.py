@@ -97,7 +97,7 @@ def test_damaged_files_are_named(shipped, tmp_path, capsys, damage, message):
 def test_cli_list_and_eval(shipped, capsys):
     _, root = shipped
     assert main(["pretrained", "list", "--root", str(root)]) == 0
-    assert capsys.readouterr().out.startswith("grid  7x7 gridworld base model, width 16")
+    assert capsys.readouterr().out.startswith("grid  7x7 gridworld base model (transformer), width 16")
     assert main(["pretrained", "eval", "grid", "--root", str(root), "--policy", "controllers", "--episodes", "20",
                  "--seed", "3", "--greedy", "--json"]) == 0
     res = json.loads(capsys.readouterr().out)  # exactly one JSON object
@@ -204,3 +204,36 @@ def test_the_shipped_grid_model_loads_and_steps():
         steered = p.controllers(e, torch.as_tensor(env.subgoal())[:, None])
         out = p.model.upper(steered, p.layer)
     assert out.action.shape == (4, 1, 4) and not torch.equal(steered, e)
+
+
+def test_a_run_with_internal_rl_ships_its_metacontroller_and_policy(shipped, tmp_path, capsys):
+    run = tmp_path / "run"
+    extra = ["--set", "metacontroller.steps=2", "--set", "metacontroller.batch_size=4", "--set", "rl.episodes=4",
+             "--set", "rl.batch_size=2", "--set", "rl.policy_hidden=8"]
+    for command in ("data", "train", "controllers", "metacontroller", "rl"):
+        assert main([command, "--out", str(run), *MODEL, *REST, *extra]) == 0
+    root = tmp_path / "assets"
+    pretrained.export(run, "grid", root)
+    p = pretrained.load("grid", root)
+    assert p.metacontroller is not None and p.policy is not None
+    assert not any(q.requires_grad for q in [*p.metacontroller.parameters(), *p.policy.parameters()])
+    folder = next(run.glob("rl_internal_*"))
+    for k, v in load_file(str(folder / "policy.safetensors")).items():
+        assert torch.equal(p.policy.state_dict()[k], v), k
+    assert p.card["policy_from"] == folder.name and "internal-RL policy" in p.card["summary"]
+    capsys.readouterr()
+    assert main(["pretrained", "eval", "grid", "--root", str(root), "--policy", "internal", "--episodes", "6",
+                 "--json"]) == 0
+    res = json.loads(capsys.readouterr().out)
+    assert res["policy"] == "internal" and res["episodes"] == 6 and 0 <= res["success_rate"] <= 1
+    assert res["task"] == "0-1-2-3-4-5-6-7-0-1-2-3" and res["layer"] == 1
+    # the policy's file is checked like the others
+    (root / "grid" / "policy.safetensors").write_bytes(b"x")
+    assert main(["pretrained", "eval", "grid", "--root", str(root), "--policy", "internal", "--json"]) == 2
+    assert "policy.safetensors is truncated" in capsys.readouterr().err
+
+
+def test_internal_policy_needs_a_shipped_policy(shipped, capsys):
+    assert main(["pretrained", "eval", "grid", "--root", str(shipped[1]), "--policy", "internal", "--json"]) == 2
+    out = capsys.readouterr()
+    assert out.out == "" and "has no internal-RL policy" in out.err

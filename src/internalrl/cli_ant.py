@@ -45,8 +45,9 @@ def dispatch(args, cfg) -> int:
         raise ConfigError(f"`internalrl {cmd}` does not run on the ant-pinpad yet (env.name=ant); the ant's commands "
                           f"are {', '.join(ANT_COMMANDS)} (and bench)")
     if getattr(args, "base_model", None) == "shipped" or getattr(args, "init_from", None):
-        raise ConfigError("--base-model shipped and --init-from are gridworld options: no ant base model ships yet; "
-                          "train one with `internalrl train --env ant`")
+        raise ConfigError("--base-model shipped and --init-from are gridworld options so far: an ant run trains its "
+                          "base model (`internalrl train --env ant`); the shipped ant model is evaluated with "
+                          "`internalrl pretrained eval ant`")
     if getattr(args, "checkpoint_file", None):
         raise ConfigError("--checkpoint-file is a gridworld option so far; for the ant use --minutes and re-run the "
                           "same command to continue")

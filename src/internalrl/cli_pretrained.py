@@ -1,7 +1,7 @@
 """Command line for shipped models, and the base-model options of the run commands.
 
     internalrl pretrained list [--root DIR] [--json]
-    internalrl pretrained eval NAME --policy base|controllers [--task TASK] [--episodes N] [--seed S] [--greedy] [--json]
+    internalrl pretrained eval NAME --policy base|controllers|internal [--task TASK] [--episodes N] [--seed S] [--greedy] [--json]
     internalrl pretrained export RUN_DIR NAME [--root DIR] [--overwrite] [--summary TEXT]
     internalrl run|train|... --base-model shipped|train      (the run's base model: copied or trained)
     internalrl run|train --init-from CHECKPOINT              (train starting from a compact checkpoint)
@@ -35,11 +35,12 @@ def add_arguments(sub: argparse._SubParsersAction) -> None:
     q = psub.add_parser("list", help="the shipped models, one line each")
     q.add_argument("--root", default=None, help=f"folder of shipped models (default: the package's, or ${ROOT_ENV})")
     q.add_argument("--json", action="store_true", help="print one JSON object")
-    q = psub.add_parser("eval", help="roll a shipped model out on gridworld episodes")
+    q = psub.add_parser("eval", help="roll a shipped model out on episodes of its environment")
     q.add_argument("name")
-    q.add_argument("--policy", choices=("base", "controllers"), default="base",
+    q.add_argument("--policy", choices=("base", "controllers", "internal"), default="base",
                    help="base: the uncontrolled model (no --task: free play on the pretraining tasks); controllers: "
-                        "the ground-truth subgoal's controller acts at the control layer (default task: post-training)")
+                        "the ground-truth subgoal's controller acts at the control layer (default task: post-training); "
+                        "internal: the shipped internal-RL policy chooses the metacontroller's codes")
     q.add_argument("--task", default=None, help="a task like 0-1-2-3, comma-separated tasks, or a named set")
     q.add_argument("--episodes", type=int, default=1000, help="episodes (default 1000)")
     q.add_argument("--seed", type=int, default=0)
@@ -55,6 +56,8 @@ def add_arguments(sub: argparse._SubParsersAction) -> None:
     q.add_argument("--overwrite", action="store_true", help="replace an existing model of that name")
     q.add_argument("--summary", default=None, help="one-line summary for the card (default: made from the config)")
     q.add_argument("--hardware", default=None, help="what trained it, for the card (default: this machine)")
+    q.add_argument("--policy-from", default=None, metavar="FOLDER",
+                   help="the run's internal-RL folder whose policy ships (default: its best on the post-training task)")
     q.add_argument("--controllers-from", default="controllers", metavar="FOLDER",
                    help="the run's folder whose controllers ship: the controllers stage (default) or a "
                         "steerability folder (its layer, rank and budget go into the shipped config)")
@@ -101,7 +104,7 @@ def dispatch(args) -> int:
     if cmd == "export":
         card = {k: v for k, v in (("summary", args.summary), ("hardware", args.hardware)) if v}
         folder = pretrained.export(args.run_dir, args.name, args.root, card, overwrite=args.overwrite,
-                                   controllers_from=args.controllers_from)
+                                   controllers_from=args.controllers_from, policy_from=args.policy_from)
         print(folder)
         return 0
     if args.episodes < 1:
@@ -118,11 +121,14 @@ def dispatch(args) -> int:
     if args.json:
         print(json.dumps(res))
         return 0
-    what = "base model" if args.policy == "base" else f"subgoal controllers at layer {res['layer']}"
+    what = {"base": "base model", "controllers": f"subgoal controllers at layer {res['layer']}",
+            "internal": f"internal-RL policy through the metacontroller at layer {res['layer']}"}[args.policy]
     where = f"free play on {res['task']}" if res["free_play"] else f"task {res['task']}"
     print(f"{res['name']}: {what} ({'greedy' if args.greedy else 'sampled'} actions), {where}: success "
           f"{res['success_rate']:.3f} ({res['successes']} of {res['episodes']} episodes, seed {res['seed']}); "
-          f"colours done per episode {res['mean_colours_done']:.2f}")
+          f"colours done per episode {res['mean_colours_done']:.2f}"
+          + (f"; the expert {res['expert_success_rate']:.3f}, normalised "
+             + ("n/a" if res["normalised_success"] is None else f"{res['normalised_success']:.3f}") if "expert_success_rate" in res else ""))
     return 0
 
 

@@ -7,6 +7,8 @@ after the model, e.g. ``assets/grid/``:
     config.json              the full resolved Config of the run that made it (``config.dumps``)
     controllers.safetensors  the supervised SubgoalControllers at the control layer
     card.md, card.json       the model card: recipe, seed, steps, training time, hardware, numbers
+    metacontroller.safetensors  (optional) the frozen metacontroller at L/2
+    policy.safetensors       (optional) the internal-RL code policy trained on the post-training task
     manifest.json            byte size and sha256 of every file above
 
 ``load("grid")`` checks every file against the manifest before reading it, so a truncated or
@@ -44,6 +46,7 @@ BASE_MODEL_CHOICES = ("shipped", "train")
 
 ROOT_ENV = "INTERNALRL_PRETRAINED_ROOT"
 FILES = ("model.safetensors", "config.json", "controllers.safetensors", "card.md", "card.json")
+OPTIONAL_FILES = ("metacontroller.safetensors", "policy.safetensors")  # shipped when the run had them
 MANIFEST_FORMAT = 1
 _NAME = re.compile(r"^[a-z0-9][a-z0-9_.-]{0,63}$")
 
@@ -96,7 +99,8 @@ def verify(folder: Path) -> dict:
     if manifest.get("format") != MANIFEST_FORMAT:
         raise PretrainedError(f"{folder} has manifest format {manifest.get('format')!r}; this version reads "
                               f"{MANIFEST_FORMAT}; {redo}")
-    for name in FILES:
+    listed = [n for n in OPTIONAL_FILES if isinstance(files, dict) and n in files]
+    for name in (*FILES, *listed):
         path = folder / name
         want = files.get(name) if isinstance(files, dict) else None
         if not (isinstance(want, dict) and isinstance(want.get("bytes"), int) and isinstance(want.get("sha256"), str)):
@@ -122,7 +126,8 @@ def config_from_dict(values: dict, where: str = "config") -> Config:
 
 @dataclass
 class Pretrained:
-    """A loaded shipped model: the frozen base model, its config, and its subgoal controllers."""
+    """A loaded shipped model: the frozen base model, its config, its subgoal controllers, and (where
+    shipped) the metacontroller and the internal-RL policy of the post-training task."""
 
     name: str
     model: SequenceModel  # frozen, eval mode
@@ -132,6 +137,8 @@ class Pretrained:
     card: dict
     path: Path
     sha256: str  # of model.safetensors
+    metacontroller: torch.nn.Module | None = None  # a frozen Metacontroller at config.meta_layer(), or None
+    policy: torch.nn.Module | None = None  # a frozen RecurrentCodePolicy over the metacontroller's codes, or None
 
 
 def _frozen(module: torch.nn.Module) -> torch.nn.Module:
@@ -153,6 +160,18 @@ def build_controllers(cfg: Config) -> SubgoalControllers:
     return SubgoalControllers(cfg.env.spec().num_subgoals, cfg.model.width, cfg.controllers.rank or None)
 
 
+def build_metacontroller(cfg: Config):
+    from .metacontroller import Metacontroller
+
+    return Metacontroller(cfg.metacontroller, cfg.model.width)
+
+
+def build_policy(cfg: Config):
+    from .rl.policy import RecurrentCodePolicy
+
+    return RecurrentCodePolicy(cfg.model.width, cfg.metacontroller.code_dim, cfg.rl.policy_hidden)
+
+
 def load(name: str, root=None, device="cpu") -> Pretrained:
     """Load the shipped model ``name`` (see :func:`available`) after checking its files."""
     folder = _folder(name, root)
@@ -163,15 +182,21 @@ def load(name: str, root=None, device="cpu") -> Pretrained:
     except json.JSONDecodeError as e:
         raise PretrainedError(f"a JSON file in {folder} is corrupt ({e})") from None
     cfg = config_from_dict(cfg_dict, str(folder / "config.json"))
-    model, controllers = SequenceModel(cfg.model), build_controllers(cfg)
-    for module, file in ((model, "model.safetensors"), (controllers, "controllers.safetensors")):
+    modules = {"model.safetensors": SequenceModel(cfg.model), "controllers.safetensors": build_controllers(cfg)}
+    if "metacontroller.safetensors" in manifest["files"]:
+        modules["metacontroller.safetensors"] = build_metacontroller(cfg)
+    if "policy.safetensors" in manifest["files"]:
+        modules["policy.safetensors"] = build_policy(cfg)
+    for file, module in modules.items():
         try:
             module.load_state_dict(_weights(folder / file))
         except RuntimeError as e:
             raise PretrainedError(f"{folder / file} does not fit the architecture in config.json "
                                   f"({str(e)[:160]})") from None
-    return Pretrained(name, _frozen(model.to(device)), cfg, cfg.control_layer(), _frozen(controllers.to(device)), card,
-                      folder, manifest["files"]["model.safetensors"]["sha256"])
+    loaded = {f: _frozen(m.to(device)) for f, m in modules.items()}
+    return Pretrained(name, loaded["model.safetensors"], cfg, cfg.control_layer(), loaded["controllers.safetensors"],
+                      card, folder, manifest["files"]["model.safetensors"]["sha256"],
+                      loaded.get("metacontroller.safetensors"), loaded.get("policy.safetensors"))
 
 
 def find_for_env(cfg: Config, root=None) -> str:
@@ -222,15 +247,33 @@ def render_card(card: dict) -> str:
     return "\n".join(lines).rstrip() + "\n"
 
 
+def best_internal_rl(run_dir: Path, cfg: Config) -> str | None:
+    """The finished internal-RL run on the post-training task (frozen metacontroller of seed 0) with the
+    highest final success, or None."""
+    best = None
+    for folder in sorted(Path(run_dir).glob(f"rl_internal_{cfg.env.posttrain_task}_*")):
+        if not (folder / "DONE").exists() or not (folder / "policy.safetensors").exists():
+            continue
+        stage_cfg = json.loads((folder / "config.json").read_text()) if (folder / "config.json").exists() else {}
+        if "_m" in folder.name.split("ep", 1)[-1] or stage_cfg.get("rl", {}).get("policy_hidden") != cfg.rl.policy_hidden:
+            continue  # another metacontroller seed, or a policy of another size than the config builds
+        h = json.loads((folder / "metrics.json").read_text())["headline"]
+        if best is None or h["final_success"] > best[0]:
+            best = (h["final_success"], folder.name)
+    return best and best[1]
+
+
 def export(run_dir, name: str, root=None, card: dict | None = None, overwrite: bool = False,
-           controllers_from: str = "controllers") -> Path:
+           controllers_from: str = "controllers", policy_from: str | None = None) -> Path:
     """Write the shipped-model folder ``root/name`` from the finished run directory ``run_dir``
     (its ``base_model`` stage, and the controllers at the control layer of its
     ``controllers_from`` folder: the ``controllers`` stage, or a ``steerability`` protocol's
     folder with its own layer and rank). ``card`` adds to (or overrides) what the
     card says by itself (recipe, seed, steps, training time, hardware, measured numbers). The
     folder is written under a temporary name and renamed when whole; an existing folder is
-    replaced only with ``overwrite=True``."""
+    replaced only with ``overwrite=True``. The frozen metacontroller ships too when the run has one, and the
+    internal-RL policy of the folder ``policy_from`` (default: the run's best internal-RL run on the post-training
+    task, if any)."""
     run_dir, root = Path(run_dir), resolve_root(root)
     if not _NAME.match(name or ""):
         raise PretrainedError(f"{name!r} is not a model name (lower-case letters, digits, '-', '_', '.')")
@@ -266,20 +309,42 @@ def export(run_dir, name: str, root=None, card: dict | None = None, overwrite: b
             module.load_state_dict(_weights(path))
         except RuntimeError as e:
             raise PretrainedError(f"{path} does not fit the run's config ({str(e)[:160]})") from None
+    extra = {}  # optional files: the metacontroller, and the policy trained through it
+    meta_path = run_dir / "metacontroller" / "frozen.safetensors"
+    if (run_dir / "metacontroller" / "DONE").exists() and meta_path.exists():
+        extra["metacontroller.safetensors"] = meta_path
+        policy_from = policy_from or best_internal_rl(run_dir, cfg)
+        if policy_from:
+            extra["policy.safetensors"] = run_dir / policy_from / "policy.safetensors"
+    elif policy_from:
+        raise PretrainedError(f"{run_dir} has no finished metacontroller stage, which a shipped policy needs; run "
+                              f"`internalrl metacontroller --out {run_dir}` first")
+    builders = {"metacontroller.safetensors": build_metacontroller, "policy.safetensors": build_policy}
+    for file, path in extra.items():
+        if not path.exists():
+            raise PretrainedError(f"{path} is missing; name a finished internal-RL folder of {run_dir}")
+        try:
+            builders[file](cfg).load_state_dict(_weights(path))
+        except RuntimeError as e:
+            raise PretrainedError(f"{path} does not fit the run's config ({str(e)[:160]})") from None
     results = json.loads((run_dir / "results.json").read_text()) if (run_dir / "results.json").exists() else {}
     base_cfg = json.loads((run_dir / "base_model" / "config.json").read_text())
     base = json.loads((run_dir / "base_model" / "metrics.json").read_text()).get("headline", {})
-    measured = {k: results[k] for k in ("base_model", "eval_base", "controllers", controllers_from) if k in results}
+    stages = ("base_model", "eval_base", "probes", "controllers", controllers_from, "metacontroller", "injection",
+              policy_from)
+    measured = {k: results[k] for k in stages if k and k in results}
+    world = ("ant-pinpad (MuJoCo)" if cfg.env.name == "ant" else "gridworld")
     made = {
         "name": name,
-        "summary": f"{cfg.env.size}x{cfg.env.size} gridworld base model, width {cfg.model.width}, depth "
-                   f"{cfg.model.depth}, {cfg.train.steps} steps; subgoal controllers at layer {layer}",
+        "summary": f"{cfg.env.size}x{cfg.env.size} {world} base model ({cfg.model.backbone}), width {cfg.model.width}, "
+                   f"depth {cfg.model.depth}, {cfg.train.steps} steps; subgoal controllers at layer {layer}"
+                   + ("; metacontroller" if extra else "") + ("; internal-RL policy" if len(extra) > 1 else ""),
         "recipe": {"model": asdict(cfg.model), "train": asdict(cfg.train),
                    "data": asdict(cfg.data), "controllers": asdict(cfg.controllers),
                    **{k: base_cfg[k] for k in ("source", "init_from") if base_cfg.get(k)}},
         "seed": cfg.seed, "steps": cfg.train.steps,
         "training_seconds": base.get("train_seconds"), "parameters": sum(p.numel() for p in model.parameters()),
-        "hardware": _hardware(), "control_layer": layer,
+        "hardware": _hardware(), "control_layer": layer, "policy_from": policy_from if len(extra) > 1 else None,
         "measured": measured,
     }
     made.update(card or {})
@@ -294,7 +359,9 @@ def export(run_dir, name: str, root=None, card: dict | None = None, overwrite: b
         (tmp / "config.json").write_text(dumps(cfg))
         (tmp / "card.json").write_text(json.dumps(made, indent=2, allow_nan=False))
         (tmp / "card.md").write_text(render_card(made))
-        files = {f: {"bytes": (tmp / f).stat().st_size, "sha256": sha256_file(tmp / f)} for f in FILES}
+        for file, path in extra.items():
+            shutil.copyfile(path, tmp / file)
+        files = {f: {"bytes": (tmp / f).stat().st_size, "sha256": sha256_file(tmp / f)} for f in (*FILES, *extra)}
         (tmp / "manifest.json").write_text(json.dumps({"format": MANIFEST_FORMAT, "name": name, "layer": layer,
                                                        "files": files}, indent=2))
         if final.exists():  # overwrite: move the old folder aside, put the new one in, then drop the old
@@ -313,26 +380,37 @@ def export(run_dir, name: str, root=None, card: dict | None = None, overwrite: b
 # --------------------------------------------------------------------------- evaluate
 def evaluate(p: Pretrained, policy: str, task: str | None = None, episodes: int = 1000, seed: int = 0,
              greedy: bool = False, device="cpu", chunk: int = 1024, progress: bool = True) -> dict:
-    """Roll the shipped model out on batched gridworlds.
+    """Roll the shipped model out on batched environments of its kind (the gridworld or the ant-pinpad).
 
     ``policy="base"``: the uncontrolled model; with no ``task``, free play on the pretraining
     tasks (success: the visits spell any pretraining task, as the pipeline's ``eval_base``
     measures it), else the given task (or task set: each episode samples one). ``policy=
     "controllers"``: the controller of the ground-truth subgoal acts at the control layer
-    (default task: the post-training task). ``greedy`` takes the most likely action instead of
-    sampling. Episodes run in chunks of ``chunk`` environments stepped together."""
+    (default task: the post-training task). ``policy="internal"``: the shipped internal-RL policy
+    picks the metacontroller's codes (sampled; switch hardened at ``rl.threshold``; raw actions
+    sampled), default task the post-training task. ``greedy`` takes the most likely action
+    (base and controllers). Episodes run in chunks of ``chunk`` environments stepped together.
+    On the ant, ``normalised_success`` divides by the shipped expert's success on the same task
+    set, seeds and episode counts (the paper reports the ant that way)."""
     from tqdm.auto import tqdm
 
     from .analysis.controllers import rollout_with_controllers
-    from .envs.gridworld import BatchedGridPinpad
+    from .envs import make_batched_env
     from .envs.tasks import parse_task_set
-    from .evaluate import rollout_base_model
+    from .evaluate import rollout_ant_base_model, rollout_base_model
+    from .rl.internal import rollout_internal
 
-    if policy not in ("base", "controllers"):
-        raise ConfigError(f"policy must be 'base' or 'controllers', got {policy!r}")
+    if policy not in ("base", "controllers", "internal"):
+        raise ConfigError(f"policy must be 'base', 'controllers' or 'internal', got {policy!r}")
     if episodes < 1:
         raise ConfigError(f"episodes must be at least 1, got {episodes}")
+    if policy == "internal" and (p.metacontroller is None or p.policy is None):
+        raise PretrainedError(f"the shipped model {p.name!r} has no internal-RL policy (its folder has no "
+                              "metacontroller.safetensors and policy.safetensors); use --policy base or controllers")
+    if policy == "internal" and greedy:
+        raise ConfigError("--greedy applies to --policy base and controllers; the internal policy samples its codes")
     cfg = p.config
+    ant = cfg.env.name == "ant"
     spec = cfg.env.spec()
     free_play = policy == "base" and task is None
     task_name = (cfg.env.pretrain_tasks if free_play else cfg.env.posttrain_task) if task is None else task
@@ -341,17 +419,29 @@ def evaluate(p: Pretrained, policy: str, task: str | None = None, episodes: int 
     successes, progress_sum, done = 0, 0.0, 0
     sizes = [min(chunk, episodes - i) for i in range(0, episodes, chunk)]
     for i, n in enumerate(tqdm(sizes, desc=f"{p.name}: {policy} rollouts", unit="batch", disable=not progress)):
-        env = BatchedGridPinpad(n, tasks, spec, seed=np.random.default_rng([seed, i]))
+        env = make_batched_env(spec, n, tasks, np.random.default_rng([seed, i]))
         torch_seed = seed * 1_000_003 + i
-        if policy == "base":
-            res = rollout_base_model(p.model, env, free_play=free_play, seed=torch_seed, temperature=temperature,
-                                     device=device)
+        if policy == "internal":
+            roll = rollout_internal(p.model, p.metacontroller, p.policy, env, cfg.meta_layer(), torch_seed, device,
+                                    threshold=cfg.rl.threshold)
+            res = {"success_rate": float(roll.returns.mean())}
+        elif policy == "base":
+            rollout = rollout_ant_base_model if ant else rollout_base_model
+            res = rollout(p.model, env, free_play=free_play, seed=torch_seed, temperature=temperature, device=device)
         else:
             res = rollout_with_controllers(p.model, p.controllers, p.layer, env, torch_seed, device,
                                            temperature=temperature)
         successes += int(round(res["success_rate"] * n))
         progress_sum += float(env.progress.sum())
         done += n
-    return {"name": p.name, "policy": policy, "task": task_name, "free_play": free_play, "greedy": greedy,
-            "seed": seed, "episodes": done, "successes": successes, "success_rate": successes / done,
-            "mean_colours_done": progress_sum / done, "layer": p.layer if policy == "controllers" else None}
+    out = {"name": p.name, "env": cfg.env.name, "policy": policy, "task": task_name, "free_play": free_play,
+           "greedy": greedy, "seed": seed, "episodes": done, "successes": successes, "success_rate": successes / done,
+           "mean_colours_done": progress_sum / done,
+           "layer": p.layer if policy == "controllers" else cfg.meta_layer() if policy == "internal" else None}
+    if ant:
+        from .experts.ant import evaluate_ant_expert, load_ant_expert
+
+        expert = evaluate_ant_expert(load_ant_expert(), tasks, episodes, seed=seed, mean_actions=False, spec=spec)
+        out["expert_success_rate"] = expert["success_rate"]
+        out["normalised_success"] = out["success_rate"] / expert["success_rate"] if expert["success_rate"] > 0 else None
+    return out
