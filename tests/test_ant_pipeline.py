@@ -1,6 +1,7 @@
 """The ant-pinpad's first stages from the command line (data, train, evaluate --env ant) on a tiny
 config, the ant presets, and runs of one environment refusing commands of the other."""
 import json
+import shutil
 from pathlib import Path
 
 import pytest
@@ -136,6 +137,16 @@ def test_the_ant_model_ships_and_evaluates_normalised(ant_run, tmp_path, capsys)
     assert "colour" in capsys.readouterr().err
 
 
+def test_the_alpha_sweep_runs_on_the_ant(ant_run, tmp_path):
+    run = tmp_path / "run"
+    shutil.copytree(ant_run, run)
+    assert main(["sweep-alpha", "--out", str(run), "--alphas", "0,1", "--no-progress"]) == 0
+    points = json.loads((run / "alpha_sweep" / "metrics.json").read_text())["points"]
+    assert sorted((p["variant"], p["alpha"]) for p in points) == [("cotrained", 0.0), ("cotrained", 1.0),
+                                                                  ("frozen", 0.0), ("frozen", 1.0)]
+    assert "rate–distortion" in (run / "report.html").read_text()
+
+
 def test_finished_ant_stages_are_skipped(ant_run, capsys):
     before = {k: v for k, v in _files(ant_run).items() if k != "results.json"}
     assert main(["evaluate", "--out", str(ant_run), "--no-progress"]) == 0
@@ -157,8 +168,7 @@ def test_a_grid_command_on_an_ant_run_is_refused(ant_run, capsys):
         assert main([*cmd, "--out", str(ant_run), "--no-progress"]) == 2
         err = capsys.readouterr().err
         assert "holds an ant run" in err and "--env grid" in err and "nothing was changed" in err
-    for cmd in (["experiment", "--env", "ant", "--out", str(ant_run)], ["sweep-alpha", "--out", str(ant_run)],
-                ["steerability", str(ant_run)]):
+    for cmd in (["experiment", "--env", "ant", "--out", str(ant_run)], ["steerability", str(ant_run)]):
         assert main(cmd) == 2
         assert "does not run on the ant-pinpad yet" in capsys.readouterr().err
     assert _files(ant_run) == before

@@ -29,6 +29,7 @@ from .config import ENVS, PRESETS, dumps, load_config
 from .errors import USER_ERRORS, ConfigError, RunDirError
 from .rundir import RunDir, read_run_json, set_command, stored_config
 from . import cli_pretrained
+from .executors import executor_from_args, parse_floats
 
 
 def _common(p: argparse.ArgumentParser, out: bool = True) -> None:
@@ -82,23 +83,6 @@ def _executor_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--cpus-per-task", type=float, default=1, help="CPUs each Ray task asks for (default 1)")
     p.add_argument("--gpus-per-task", type=float, default=None,
                    help="GPUs each Ray task asks for (default: 1 when the cluster has GPUs, else 0)")
-
-
-def _executor(args, progress: bool):
-    from .executors import make_executor
-
-    if args.ray_address is not None and not Path(args.out).is_absolute():
-        raise ConfigError(f"--ray-address runs tasks on other machines: --out must be an absolute path on storage every "
-                          f"node sees (a shared filesystem mounted at the same path), got {args.out!r}")
-    return make_executor(args.executor, progress, args.ray_address, args.max_parallel, args.cpus_per_task,
-                         args.gpus_per_task)
-
-
-def _floats(text: str, flag: str) -> list[float]:
-    try:
-        return [float(x) for x in text.split(",") if x.strip()]
-    except ValueError:
-        raise ConfigError(f"{flag} takes comma-separated numbers, got {text!r}") from None
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -262,8 +246,8 @@ def _dispatch(args) -> int:
     if args.command == "experiment":
         if args.base_seeds < 1 or args.meta_seeds < 1:
             raise ConfigError("--base-seeds and --meta-seeds must be at least 1")
-        lrs = _floats(args.lrs, "--lrs") if args.lrs is not None else None
-        executor = _executor(args, not args.no_progress)
+        lrs = parse_floats(args.lrs, "--lrs") if args.lrs is not None else None
+        executor = executor_from_args(args, not args.no_progress)
         experiments.experiment(cfg, Path(args.out), args.base_seeds, args.meta_seeds,
                                [m.strip() for m in args.methods.split(",") if m.strip()], args.task,
                                progress=not args.no_progress, lrs=lrs, rl_seeds=args.rl_seeds, executor=executor)
@@ -275,7 +259,7 @@ def _dispatch(args) -> int:
         require_tensorboard()  # before anything is written
     if args.command == "sweep-alpha" and args.out is None and args.ray_address is not None:
         raise ConfigError("--ray-address needs --out (an absolute path on storage every node sees)")
-    executor = _executor(args, not args.no_progress) if args.command == "sweep-alpha" else None
+    executor = executor_from_args(args, not args.no_progress) if args.command == "sweep-alpha" else None
     cfg, source = cli_pretrained.run_dir_setup(args, cfg)  # --base-model shipped|train
     run = _run_dir(args, cfg, shared=executor is not None and executor.name == "ray")  # Ray workers write in it too
     run.tensorboard = getattr(args, "tensorboard", False)
@@ -290,10 +274,8 @@ def _dispatch(args) -> int:
         print(write_report(run.root))
         return 0
     if args.command == "sweep-alpha":
-        alphas = tuple(_floats(args.alphas, "--alphas"))
-        if not alphas or any(not a >= 0 for a in alphas):
-            raise ConfigError("--alphas must be non-negative")
-        experiments.alpha_sweep(cfg, run, alphas, cotrained=not args.no_cotrained, progress=progress, executor=executor)
+        experiments.alpha_sweep(cfg, run, experiments.parse_alphas(args.alphas), cotrained=not args.no_cotrained,
+                                progress=progress, executor=executor)
         print(write_report(run.root))
         return 0
     t0 = time.perf_counter()

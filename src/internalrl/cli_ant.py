@@ -1,4 +1,4 @@
-"""The command line's ant-pinpad commands: ``internalrl run|data|train|evaluate|probe|controllers|metacontroller|rl|injection|bench --env ant``.
+"""The command line's ant-pinpad commands: ``internalrl run|data|train|evaluate|probe|controllers|metacontroller|rl|injection|sweep-alpha|bench --env ant``.
 
 The environment of a run directory is part of its config (``env.name`` in ``run.json``), so an
 ant command pointed at a grid run (or the reverse) is refused with both names before anything
@@ -13,7 +13,8 @@ from .config import ConfigError
 from .rundir import RunDir, RunDirError, stored_env
 
 #: The commands that run on an ant run directory so far.
-ANT_COMMANDS = ("run", "data", "train", "evaluate", "probe", "controllers", "metacontroller", "rl", "injection")
+ANT_COMMANDS = ("run", "data", "train", "evaluate", "probe", "controllers", "metacontroller", "rl", "injection",
+                "sweep-alpha")
 
 
 def run_env(args) -> str:
@@ -54,8 +55,21 @@ def dispatch(args, cfg) -> int:
     minutes = getattr(args, "minutes", None)
     if minutes is not None and not minutes > 0:
         raise ConfigError(f"--minutes must be positive, got {minutes}")
-    run = RunDir(args.out or f"runs/ant-{args.preset or 'quick'}-seed{cfg.seed}", cfg)
     progress = not args.no_progress
+    executor = None
+    if cmd == "sweep-alpha":
+        from .executors import executor_from_args
+
+        executor = executor_from_args(args, progress)
+    run = RunDir(args.out or f"runs/ant-{args.preset or 'quick'}-seed{cfg.seed}", cfg,
+                 shared=executor is not None and executor.name == "ray")  # Ray workers write in it too
+    if cmd == "sweep-alpha":
+        from .experiments import alpha_sweep, parse_alphas
+
+        alpha_sweep(cfg, run, parse_alphas(args.alphas), cotrained=not args.no_cotrained, progress=progress,
+                    executor=executor)
+        print(write_report(run.root))
+        return 0
     if cmd == "rl":
         from .pipeline import run_rl
 

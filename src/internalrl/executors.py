@@ -162,6 +162,26 @@ def _check_reachable(address: str) -> None:
                           "Start it with `ray start --head --port PORT` on the head node, or pass its address") from None
 
 
+def parse_floats(text: str, flag: str) -> list[float]:
+    """Comma-separated numbers of a command-line flag; anything else is refused naming the flag."""
+    try:
+        return [float(x) for x in text.split(",") if x.strip()]
+    except ValueError:
+        raise ConfigError(f"{flag} takes comma-separated numbers, got {text!r}") from None
+
+
+def executor_from_args(args, progress: bool):
+    """The executor a command's ``--executor``, ``--ray-address``, ``--max-parallel``, ``--cpus-per-task`` and
+    ``--gpus-per-task`` ask for; with ``--ray-address``, ``--out`` must be an absolute path every node sees."""
+    from pathlib import Path
+
+    if args.ray_address is not None and (args.out is None or not Path(args.out).is_absolute()):
+        raise ConfigError(f"--ray-address runs tasks on other machines: --out must be an absolute path on storage every "
+                          f"node sees (a shared filesystem mounted at the same path), got {args.out!r}")
+    return make_executor(args.executor, progress, args.ray_address, args.max_parallel, args.cpus_per_task,
+                         args.gpus_per_task)
+
+
 def make_executor(name: str, progress: bool = True, address: str | None = None, max_parallel: int | None = None,
                   cpus_per_task: float = 1, gpus_per_task: float | None = None):
     if max_parallel is not None and max_parallel < 1:

@@ -17,7 +17,7 @@ from .checkpoint import Checkpoint
 from .config import Config
 from .errors import ConfigError
 from .metacontroller import cotrained_config
-from .pipeline import _log, _train_and_eval_meta, run_rl, stage_base_model, stage_data
+from .pipeline import _log, _train_and_eval_meta, command, run_rl, stage_base_model, stage_data
 from .rundir import RunDir
 from .scalars import stage_scalars
 
@@ -208,6 +208,16 @@ def _alpha_point(t: Task, run: RunDir, progress: bool) -> tuple[bool, dict]:
     return False, point
 
 
+def parse_alphas(text: str) -> tuple[float, ...]:
+    """``--alphas``: comma-separated non-negative numbers."""
+    from .executors import parse_floats
+
+    alphas = tuple(parse_floats(text, "--alphas"))
+    if not alphas or any(not a >= 0 for a in alphas):
+        raise ConfigError("--alphas must be non-negative")
+    return alphas
+
+
 def alpha_sweep(cfg: Config, run: RunDir, alphas=PAPER_ALPHAS, cotrained: bool = True, progress: bool = True,
                 aligned_f1: float = 0.8, executor=None):
     """Train the metacontroller for every α (frozen, and co-trained if asked) and place each
@@ -221,7 +231,7 @@ def alpha_sweep(cfg: Config, run: RunDir, alphas=PAPER_ALPHAS, cotrained: bool =
     if run.done(stage):
         _log(f"{stage}: finished earlier, skipped (delete {run.path(stage)} to redo it)")
         return run.path(stage)
-    run.require("base_model", "train")
+    run.require("base_model", command(cfg, "train"))
     tasks = alpha_tasks(cfg, run.root, alphas, cotrained, tensorboard=getattr(run, "tensorboard", False))
     results = execute(tasks, run_task, executor or LocalExecutor(progress))
     points = [results[t.label]["point"] for t in tasks]

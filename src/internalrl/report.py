@@ -596,7 +596,7 @@ def section_ant_controllers(root: Path, figs: Path) -> str:
 
 ANT_SECTIONS = [("data", section_ant_data), ("base_model", section_ant_base_model), ("eval_base", section_ant_eval_base),
                 ("probes", section_probes), ("controllers", section_ant_controllers),
-                ("metacontroller", section_metacontroller)]
+                ("metacontroller", section_metacontroller), ("alpha_sweep", section_alpha_sweep)]
 
 SECTIONS = [("data", section_data), ("base_model", section_base_model), ("eval_base", section_eval_base),
             ("probes", section_probes), ("controllers", section_controllers),
