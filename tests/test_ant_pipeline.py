@@ -32,7 +32,11 @@ def _files(root: Path) -> dict:
 def ant_run(tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("ant") / "run"
     assert main(["data", "--env", "ant", "--out", str(out), *ANT_TINY]) == 0
-    assert main(["train", "--out", str(out), "--no-progress"]) == 0  # the run's own config and environment
+    portable = out.parent / "ant_base.safetensors"  # training that accumulates, as the grid's
+    assert main(["train", "--out", str(out), "--checkpoint-file", str(portable), "--no-progress"]) == 0  # the run's own config
+    from internalrl.portable import read_header
+
+    assert read_header(portable)["finished"] == "True" and int(read_header(portable)["step"]) == 6
     assert main(["evaluate", "--out", str(out), "--no-progress"]) == 0
     assert main(["probe", "--out", str(out), "--no-progress"]) == 0
     assert main(["controllers", "--out", str(out), "--no-progress"]) == 0

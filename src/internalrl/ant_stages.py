@@ -1,6 +1,7 @@
-"""The ant-pinpad's first stages, ``(config, run directory) -> artifact folder`` like the
-gridworld's (:mod:`internalrl.stages`), into the same stage folders (``data``, ``data_clean``,
-``base_model``, ``eval_base``), so a later stage reads an ant run as it reads a grid run.
+"""The ant-pinpad's own stages, ``(config, run directory) -> artifact folder`` like the
+gridworld's (:mod:`internalrl.pipeline`), into the same stage folders (``data``, ``data_clean``,
+``base_model``, ``eval_base``, ``controllers``), so the grid's later stages (probes, metacontroller,
+RL, injection, the α sweep) read an ant run as they read a grid run.
 
 * ``data``: D, the shipped PPO expert's *sampled* actions, and ``data_clean``: D*, its Gaussian
   mean actions (SPEC §2); successful episodes of the pretraining tasks only.
@@ -29,7 +30,7 @@ from .envs.tasks import parse_task_set
 # the grid's probe, metacontroller, RL and injection stages serve the ant as they are
 from .pipeline import clean_data, command, stage_injection, stage_metacontroller, stage_probes, stage_rl_quick
 from .rundir import RunDir
-from .train import evaluate_heldout, load_model, resolve_device, save_model, train_base_model
+from .train import evaluate_heldout, load_model, resolve_device
 
 
 def _log(msg: str) -> None:
@@ -111,20 +112,18 @@ def mean_action_error(model, data, idx: np.ndarray, device, batch_size: int = 12
     return total / max(1, steps)
 
 
-def stage_base_model(cfg: Config, run: RunDir, progress: bool = True, minutes: float | None = None):
-    """Pretrain the base model on D (SPEC §3); resumes from its checkpoint if killed or stopped
-    after ``minutes`` of training (then returns None)."""
-    if run.done("base_model"):
-        _log("base_model: finished earlier, skipped")
-        return run.path("base_model")
+def stage_base_model(cfg: Config, run: RunDir, progress: bool = True, minutes: float | None = None,
+                     checkpoint_file: str | None = None):
+    """Pretrain the base model on D (SPEC §3): the grid's training stage (resumes if killed; stops after
+    ``minutes`` with a checkpoint, then returns None; accumulates in ``checkpoint_file``), measured the ant's way."""
+    from .pipeline import stage_base_model as train_stage
+
+    return train_stage(cfg, run, progress, checkpoint_file=checkpoint_file, minutes=minutes, finish=finish_base_model)
+
+
+def finish_base_model(cfg: Config, run: RunDir, model, train_seconds: float, stage_config: dict):
+    """The trained model's held-out action NLL on D and D*, beside the expert's own entropy."""
     data = load_trajectories(run.require("data", command(cfg, "data")))
-    work = run.partial("base_model")
-    model, info = train_base_model(cfg, data, work, progress=progress,
-                                   stop_after_seconds=None if minutes is None else 60 * minutes)
-    if model is None:
-        _log(f"base_model: stopped at step {info['stopped_at']} of {cfg.train.steps} after {minutes} min "
-             f"({info['train_seconds'] / 60:.1f} min of training so far); run the same command to continue")
-        return None
     device = next(model.parameters()).device
     clean = clean_data(cfg, run)
     _, val = data.split(cfg.data.val_fraction)
@@ -138,12 +137,11 @@ def stage_base_model(cfg: Config, run: RunDir, progress: bool = True, minutes: f
         "expert_action_entropy": expert_action_entropy(),
         "action_std_mean": float(model.action_log_std.detach().exp().mean()),
         "heldout_episodes": int(len(val)),
-        "train_seconds": info["train_seconds"], "parameters": sum(p.numel() for p in model.parameters()),
+        "train_seconds": train_seconds, "parameters": sum(p.numel() for p in model.parameters()),
     }
     _log(f"base_model: held-out action NLL {heldout['action_nll']:.3f} on D ({len(val)} episodes; the expert's own "
          f"entropy {headline['expert_action_entropy']:.3f}), {heldout_clean['action_nll']:.3f} on D*; observation "
-         f"NLL {heldout['obs_nll']:.3f}; {info['train_seconds'] / 60:.1f} min of training")
-    stage_config = {"model": asdict(cfg.model), "train": asdict(cfg.train), "seed": cfg.seed}
+         f"NLL {heldout['obs_nll']:.3f}; {train_seconds / 60:.1f} min of training")
     return run.finish("base_model", stage_config, {"headline": headline})
 
 

@@ -49,9 +49,6 @@ def dispatch(args, cfg) -> int:
         raise ConfigError("--base-model shipped and --init-from are gridworld options so far: an ant run trains its "
                           "base model (`internalrl train --env ant`); the shipped ant model is evaluated with "
                           "`internalrl pretrained eval ant`")
-    if getattr(args, "checkpoint_file", None):
-        raise ConfigError("--checkpoint-file is a gridworld option so far; for the ant use --minutes and re-run the "
-                          "same command to continue")
     minutes = getattr(args, "minutes", None)
     if minutes is not None and not minutes > 0:
         raise ConfigError(f"--minutes must be positive, got {minutes}")
@@ -83,7 +80,8 @@ def dispatch(args, cfg) -> int:
     t0 = time.perf_counter()
     for stage in ant_stages.STAGES[cmd]:
         if stage is ant_stages.stage_base_model:
-            if stage(cfg, run, progress=progress, minutes=minutes) is None:
+            if stage(cfg, run, progress=progress, minutes=minutes,
+                     checkpoint_file=getattr(args, "checkpoint_file", None)) is None:
                 return 0  # stopped after --minutes, with a checkpoint: the same command continues
         else:
             stage(cfg, run, progress=progress)

@@ -80,13 +80,15 @@ def clean_data(cfg: Config, run: RunDir):
 
 
 def stage_base_model(cfg: Config, run: RunDir, progress: bool = True, init_from: Path | None = None,
-                     checkpoint_file: str | None = None, minutes: float | None = None):
+                     checkpoint_file: str | None = None, minutes: float | None = None, finish=None):
     """Pretrain the base model (SPEC §3); resumes from its checkpoint if killed. ``init_from``:
     start from the weights of a compact checkpoint (``scripts/train_gpu.py``) instead of a fresh
     init. With ``checkpoint_file`` the training accumulates over separate runs: it starts from that
     file (:mod:`internalrl.portable`) when it is further along than the run's own checkpoint, and
     writes its state back there at every checkpoint, when it stops (after ``minutes`` of
-    training, if given) and when it ends."""
+    training, if given) and when it ends. ``finish(cfg, run, model, train_seconds, stage_config)``
+    measures the trained model and finishes the stage (default :func:`finish_base_model`, the
+    gridworld's measurements; the ant passes its own)."""
     from .portable import load_portable, own_step, read_header, save_portable
 
     if run.done("base_model"):
@@ -94,7 +96,7 @@ def stage_base_model(cfg: Config, run: RunDir, progress: bool = True, init_from:
         if checkpoint_file and not (Path(checkpoint_file).exists() and read_header(checkpoint_file)["finished"] == "True"):
             save_portable(run.path("base_model"), Path(checkpoint_file), cfg, finished=True)
         return run.path("base_model")
-    data = load_trajectories(run.require("data", "data"))
+    data = load_trajectories(run.require("data", command(cfg, "data")))
     work = run.partial("base_model")
     if checkpoint_file and Path(checkpoint_file).exists():
         if int(read_header(checkpoint_file)["step"]) > own_step(work):
@@ -117,7 +119,7 @@ def stage_base_model(cfg: Config, run: RunDir, progress: bool = True, init_from:
     stage_config = {"model": asdict(cfg.model), "train": asdict(cfg.train), "seed": cfg.seed}
     if info.get("init_from"):
         stage_config["init_from"] = info["init_from"]
-    final = finish_base_model(cfg, run, model, info["train_seconds"], stage_config)
+    final = (finish or finish_base_model)(cfg, run, model, info["train_seconds"], stage_config)
     if checkpoint_file:
         save_portable(final, Path(checkpoint_file), cfg, finished=True)
     return final
