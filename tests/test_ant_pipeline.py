@@ -86,7 +86,8 @@ def test_ant_stages_write_their_numbers(ant_run):
     assert sorted(map(int, over)) == [3, 6]  # both snapshots
     ctl = res["controllers"]
     assert ctl["rank"] == "full" and ctl["layers"] == [0, 1, 2] and ctl["layer"] == 1
-    assert len(ctl["posttrain_success_per_layer"]) == 3 and len(ctl["posttrain_success_mean_actions_per_layer"]) == 3
+    for key in ("posttrain_success_per_layer", "posttrain_success_greedy_per_layer", "pretrain_success_per_layer"):
+        assert len(ctl[key]) == 3 and all(0 <= v <= 1 for v in ctl[key]), key
     assert isinstance(ctl["heldout_nll"], float)
     assert sorted(p.name for p in (ant_run / "controllers").glob("controllers_layer*.safetensors")) == [
         f"controllers_layer{i}.safetensors" for i in range(3)]

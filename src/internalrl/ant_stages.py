@@ -1,6 +1,6 @@
 """The ant-pinpad's own stages, ``(config, run directory) -> artifact folder`` like the
 gridworld's (:mod:`internalrl.pipeline`), into the same stage folders (``data``, ``data_clean``,
-``base_model``, ``eval_base``, ``controllers``), so the grid's later stages (probes, metacontroller,
+``base_model``, ``eval_base``), so the grid's later stages (probes, controllers, metacontroller,
 RL, injection, the α sweep) read an ant run as they read a grid run.
 
 * ``data``: D, the shipped PPO expert's *sampled* actions, and ``data_clean``: D*, its Gaussian
@@ -27,8 +27,9 @@ import torch
 from .config import Config, ConfigError
 from .data import DataError, load_trajectories
 from .envs.tasks import parse_task_set
-# the grid's probe, metacontroller, RL and injection stages serve the ant as they are
-from .pipeline import clean_data, command, stage_injection, stage_metacontroller, stage_probes, stage_rl_quick
+# the grid's probe, controller, metacontroller, RL and injection stages serve the ant as they are
+from .pipeline import (clean_data, command, stage_controllers, stage_injection, stage_metacontroller, stage_probes,
+                       stage_rl_quick)
 from .rundir import RunDir
 from .train import evaluate_heldout, load_model, resolve_device
 
@@ -188,70 +189,6 @@ def stage_eval_base(cfg: Config, run: RunDir, progress: bool = True):
          f"{fmt(headline['posttrain_normalised'])}), {n} episodes each")
     return run.finish("eval_base", {"eval": asdict(cfg.eval), "seed": cfg.seed, "expert": expert},
                       {"headline": headline, **results})
-
-
-def stage_controllers(cfg: Config, run: RunDir, progress: bool = True):
-    """Supervised subgoal controllers (SPEC §4, Fig. 4b): one full-rank ``U`` per colour at every layer
-    (``controllers.sweep``; else at L/2), trained on D* with the ground-truth next colour choosing the controller
-    and the base model frozen, then rolled out on the post-training task switching to the controller of the next
-    colour, with sampled and with mean actions (the paper does not say which). The grid's training and rollout
-    (:mod:`internalrl.analysis.controllers`) on the ant."""
-    from .analysis.controllers import heldout_controlled_nll, rollout_with_controllers, train_controllers
-    from .checkpoint import Checkpoint
-    from .envs.ant import BatchedAntPinpad
-    from .train import save_weights
-
-    if run.done("controllers"):
-        _log("controllers: finished earlier, skipped")
-        return run.path("controllers")
-    t0 = time.perf_counter()
-    device = resolve_device(cfg.train.device)
-    data = clean_data(cfg, run)
-    model = load_model(run.require("base_model", command(cfg, "train")), device=device)
-    spec = cfg.env.spec()
-    post = parse_task_set(cfg.env.posttrain_task, spec.num_objects)
-    train_idx, val_idx = data.split(cfg.data.val_fraction)
-    cc = cfg.controllers
-    main_layer = cfg.control_layer()
-    layers = list(range(model.depth + 1)) if cc.sweep else [main_layer]
-    work = run.partial("controllers")
-    seed = cfg.seed + 2000
-    n = cfg.eval.num_envs
-
-    def rollout(ctl, layer, greedy):
-        env = BatchedAntPinpad(n, post, spec, seed=seed)
-        return rollout_with_controllers(model, ctl, layer, env, seed, device, greedy=greedy,
-                                        temperature=cfg.eval.temperature)
-
-    uncontrolled = {"posttrain_success": rollout(None, main_layer, False)["success_rate"],
-                    "posttrain_success_mean_actions": rollout(None, main_layer, True)["success_rate"],
-                    "heldout_nll": heldout_controlled_nll(model, None, main_layer, data, val_idx, 64, device)}
-    per_layer = {}
-    for layer in layers:
-        ctl, curve = train_controllers(model, data, train_idx, layer, spec.num_subgoals, cc, seed, device, progress,
-                                       checkpoint=Checkpoint(work / f"checkpoint_layer{layer}.pt"), cache=True)
-        sampled, mean = rollout(ctl, layer, False), rollout(ctl, layer, True)
-        per_layer[layer] = {"posttrain_success": sampled["success_rate"],
-                            "posttrain_success_mean_actions": mean["success_rate"],
-                            "posttrain_progress_counts": sampled["progress_counts"],
-                            "heldout_nll": heldout_controlled_nll(model, ctl, layer, data, val_idx, 64, device),
-                            "final_train_nll": curve[-1][1]}
-        save_weights(ctl, work / f"controllers_layer{layer}.safetensors")
-        _log(f"controllers: layer {layer}: post-training task success {sampled['success_rate']:.3f} sampled, "
-             f"{mean['success_rate']:.3f} mean actions; held-out NLL {per_layer[layer]['heldout_nll']:.3f}")
-    headline = {
-        "layer": main_layer, "rank": cc.rank or "full",
-        "posttrain_success": per_layer[main_layer]["posttrain_success"],
-        "posttrain_success_mean_actions": per_layer[main_layer]["posttrain_success_mean_actions"],
-        "uncontrolled_posttrain_success": uncontrolled["posttrain_success"],
-        "uncontrolled_posttrain_success_mean_actions": uncontrolled["posttrain_success_mean_actions"],
-        "heldout_nll": per_layer[main_layer]["heldout_nll"], "uncontrolled_heldout_nll": uncontrolled["heldout_nll"],
-        "posttrain_success_per_layer": [per_layer[l]["posttrain_success"] for l in layers],
-        "posttrain_success_mean_actions_per_layer": [per_layer[l]["posttrain_success_mean_actions"] for l in layers],
-        "layers": layers, "episodes_each": n, "seconds": time.perf_counter() - t0,
-    }
-    return run.finish("controllers", {"controllers": asdict(cc), "seed": cfg.seed},
-                      {"headline": headline, "per_layer": per_layer, "uncontrolled": uncontrolled})
 
 
 #: The stage functions of each ant command (``rl`` runs one method: see :mod:`internalrl.cli_ant`).

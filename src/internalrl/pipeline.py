@@ -252,9 +252,13 @@ def stage_probes(cfg: Config, run: RunDir, progress: bool = True):
 
 
 def stage_controllers(cfg: Config, run: RunDir, progress: bool = True):
-    """Supervised subgoal controllers at L/2 (and every layer for the sweep), evaluated on the
-    post-training and pretraining tasks by following the ground-truth subgoal."""
+    """Supervised subgoal controllers at L/2 (and every layer for the sweep; SPEC §4, Fig. 4): one ``U`` per
+    subgoal (rank ``controllers.rank``, 0 = full: the ant's), trained on D* with the ground-truth subgoal
+    choosing the controller and the base model frozen, then rolled out following the ground-truth subgoal on
+    the post-training task (actions sampled, and greedy: the paper does not say which) and on the pretraining
+    tasks (sampled)."""
     from .analysis.controllers import heldout_controlled_nll, rollout_with_controllers, train_controllers
+    from .envs import make_batched_env
 
     if run.done("controllers"):
         _log("controllers: finished earlier, skipped")
@@ -272,41 +276,48 @@ def stage_controllers(cfg: Config, run: RunDir, progress: bool = True):
     layers = list(range(model.depth + 1)) if cc.sweep else [main_layer]
     work = run.partial("controllers")
     seed = cfg.seed + 2000
+    ant = cfg.env.name == "ant"
+    nll_batch = 64 if ant else 256  # ant episodes are ~10x longer
 
-    def evaluate(ctl, layer, tasks, offset):
-        env = BatchedGridPinpad(cfg.eval.num_envs, tasks, spec, seed=seed + offset)
-        return rollout_with_controllers(model, ctl, layer, env, seed + offset, device)
+    def evaluate(ctl, layer, tasks, offset, greedy=False):
+        env = make_batched_env(spec, cfg.eval.num_envs, tasks, seed + offset)
+        return rollout_with_controllers(model, ctl, layer, env, seed + offset, device, greedy=greedy,
+                                        temperature=cfg.eval.temperature)
 
-    uncontrolled_post = evaluate(None, main_layer, post, 0)
-    uncontrolled = {"posttrain": uncontrolled_post["success_rate"],
-                    "pretrain": evaluate(None, main_layer, pre, 1)["success_rate"],
-                    "posttrain_progress_counts": uncontrolled_post["progress_counts"],
-                    # the base model's own held-out NLL on the same episodes, from its stage
-                    "heldout_nll": run.metrics("base_model", "train")["headline"]["heldout_action_nll"]}
+    def measure(ctl, layer) -> dict:
+        post_res = evaluate(ctl, layer, post, 0)
+        return {"posttrain_success": post_res["success_rate"],
+                "posttrain_success_greedy": evaluate(ctl, layer, post, 0, greedy=True)["success_rate"],
+                "pretrain_success": evaluate(ctl, layer, pre, 1)["success_rate"],
+                # episodes of the post-training task that ended after k of its colours, k = 0..len
+                "posttrain_progress_counts": post_res["progress_counts"]}
+
+    base_nll = run.metrics("base_model", command(cfg, "train"))["headline"]
+    # the base model's own held-out NLL on D*, from its stage
+    uncontrolled = {**measure(None, main_layer),
+                    "heldout_nll": base_nll["heldout_clean_action_nll" if ant else "heldout_action_nll"]}
     per_layer = {}
     for layer in layers:
+        # the ant's few long episodes fit in memory as residuals; the grid's 150k short ones are recomputed
         ctl, curve = train_controllers(model, data, train_idx, layer, _subgoal_count(cfg), cc, seed, device, progress,
-                                       checkpoint=Checkpoint(work / f"checkpoint_layer{layer}.pt"))
-        post_res = evaluate(ctl, layer, post, 0)
-        res = {"posttrain_success": post_res["success_rate"],
-               "pretrain_success": evaluate(ctl, layer, pre, 1)["success_rate"],
-               "heldout_nll": heldout_controlled_nll(model, ctl, layer, data, val_idx, 256, device),
-               "final_train_nll": curve[-1][1],
-               # episodes of the post-training task that ended after k of its colours, k = 0..len
-               "posttrain_progress_counts": post_res["progress_counts"]}
+                                       checkpoint=Checkpoint(work / f"checkpoint_layer{layer}.pt"), cache=ant)
+        res = {**measure(ctl, layer), "heldout_nll": heldout_controlled_nll(model, ctl, layer, data, val_idx,
+                                                                              nll_batch, device),
+               "final_train_nll": curve[-1][1]}
         per_layer[layer] = res
         save_weights(ctl, work / f"controllers_layer{layer}.safetensors")
-        _log(f"controllers: layer {layer}: post-training task success {res['posttrain_success']:.3f}, "
-             f"pretraining tasks {res['pretrain_success']:.3f}")
+        _log(f"controllers: layer {layer}: post-training task success {res['posttrain_success']:.3f} "
+             f"({res['posttrain_success_greedy']:.3f} greedy), pretraining tasks {res['pretrain_success']:.3f}; "
+             f"held-out NLL {res['heldout_nll']:.3f}")
+    main = per_layer[main_layer]
     headline = {
         "layer": main_layer, "rank": cc.rank or "full",
-        "posttrain_success": per_layer[main_layer]["posttrain_success"],
-        "pretrain_success": per_layer[main_layer]["pretrain_success"],
-        "uncontrolled_posttrain_success": uncontrolled["posttrain"],
-        "uncontrolled_pretrain_success": uncontrolled["pretrain"],
-        "heldout_nll": per_layer[main_layer]["heldout_nll"],
-        "uncontrolled_heldout_nll": uncontrolled["heldout_nll"],
+        **{k: main[k] for k in ("posttrain_success", "posttrain_success_greedy", "pretrain_success", "heldout_nll")},
+        **{f"uncontrolled_{k}": uncontrolled[k] for k in ("posttrain_success", "posttrain_success_greedy",
+                                                          "pretrain_success", "heldout_nll")},
         "posttrain_success_per_layer": [per_layer[l]["posttrain_success"] for l in layers],
+        "posttrain_success_greedy_per_layer": [per_layer[l]["posttrain_success_greedy"] for l in layers],
+        "pretrain_success_per_layer": [per_layer[l]["pretrain_success"] for l in layers],
         "layers": layers, "episodes_each": cfg.eval.num_envs, "seconds": time.perf_counter() - t0,
     }
     return run.finish("controllers", {"controllers": asdict(cc), "seed": cfg.seed},

@@ -271,16 +271,23 @@ def section_controllers(root: Path, figs: Path) -> str:
     m = json.loads((root / "controllers" / "metrics.json").read_text())
     h = m["headline"]
     layers = sorted(m["per_layer"], key=int)
+    per = m["per_layer"]
+    greedy = next((k for k in ("posttrain_success_greedy", "posttrain_success_mean_actions") if k in per[layers[0]]), None)
     fig, ax = plt.subplots(figsize=(5, 3.2))
-    ax.plot([int(l) for l in layers], [m["per_layer"][l]["posttrain_success"] for l in layers], "o-", label="post-training task")
-    ax.plot([int(l) for l in layers], [m["per_layer"][l]["pretrain_success"] for l in layers], "s--", label="pretraining tasks")
+    x = [int(l) for l in layers]
+    ax.plot(x, [per[l]["posttrain_success"] for l in layers], "o-", label="post-training task")
+    if greedy:
+        ax.plot(x, [per[l][greedy] for l in layers], "^-.", label="post-training task, greedy actions")
+    if "pretrain_success" in per[layers[0]]:
+        ax.plot(x, [per[l]["pretrain_success"] for l in layers], "s--", label="pretraining tasks")
     ax.axhline(h["uncontrolled_posttrain_success"], color="k", ls=":", label="uncontrolled, post-training")
     ax.set(xlabel="controlled layer", ylabel="success rate", ylim=(-0.02, 1.02), title="supervised subgoal controllers")
     ax.legend(fontsize=8)
-    rows = {k: v for k, v in h.items() if k not in ("posttrain_success_per_layer", "layers")}
+    rows = {k: v for k, v in h.items() if not k.endswith("_per_layer") and k != "layers"}
     html_ = "<h2>Supervised subgoal controllers</h2>" + _table(rows) + _img(
         _png(fig, figs / "controllers.png"),
-        "Success when the controller of the current ground-truth subgoal acts at each layer (Fig. 4).")
+        "Success when the controller of the current ground-truth subgoal acts at each layer (Fig. 4; actions sampled "
+        "unless marked greedy).")
     counts = m["per_layer"][str(h["layer"])].get("posttrain_progress_counts")
     if counts:  # where post-training episodes stop: which transition the controllers fail to make
         fig, ax = plt.subplots(figsize=(6, 2.8))
@@ -288,6 +295,8 @@ def section_controllers(root: Path, figs: Path) -> str:
         ax.set(xlabel="colours of the post-training task visited when the episode ended",
                ylabel="fraction of episodes", title=f"controllers at layer {h['layer']}: where episodes end")
         html_ += _img(_png(fig, figs / "controllers_progress.png"),
+                      "An episode that ends after k colours failed on the way to the next (on the ant, after 1: the "
+                      "transition 0→1, never seen in pretraining)." if _env_name(root) == "ant" else
                       "An episode that ends after an even number of colours failed when a new subgoal began "
                       "(after 2: the transition A→B, never seen in pretraining); after an odd number, inside a subgoal.")
     return html_
@@ -578,24 +587,8 @@ def section_ant_eval_base(root: Path, figs: Path) -> str:
                 f"{k} {100 * v:.1f}%" for k, v in h["free_play_outcomes"].items())) + "</p>")
 
 
-def section_ant_controllers(root: Path, figs: Path) -> str:
-    m = json.loads((root / "controllers" / "metrics.json").read_text())
-    h = m["headline"]
-    fig, ax = plt.subplots(figsize=(5, 3.2))
-    ax.plot(h["layers"], h["posttrain_success_per_layer"], "o-", label="sampled actions")
-    ax.plot(h["layers"], h["posttrain_success_mean_actions_per_layer"], "s--", label="mean actions")
-    ax.axhline(h["uncontrolled_posttrain_success"], color="k", ls=":", label="uncontrolled (sampled)")
-    ax.set(xlabel="controlled layer", ylabel="post-training success", ylim=(-0.02, 1.02),
-           title="supervised colour controllers (full rank)")
-    ax.legend(fontsize=8)
-    rows = {k: v for k, v in h.items() if not k.endswith("_per_layer") and k != "layers"}
-    return "<h2>Supervised subgoal controllers</h2>" + _table(rows) + _img(
-        _png(fig, figs / "controllers.png"), "Success on the post-training task when the controller of the next colour "
-        "acts at each layer (Fig. 4b).")
-
-
 ANT_SECTIONS = [("data", section_ant_data), ("base_model", section_ant_base_model), ("eval_base", section_ant_eval_base),
-                ("probes", section_probes), ("controllers", section_ant_controllers),
+                ("probes", section_probes), ("controllers", section_controllers),
                 ("metacontroller", section_metacontroller), ("alpha_sweep", section_alpha_sweep)]
 
 SECTIONS = [("data", section_data), ("base_model", section_base_model), ("eval_base", section_eval_base),
