@@ -198,7 +198,7 @@ def _main(argv: list[str]) -> int:
 
 def _dispatch(args) -> int:
     from . import experiments, pipeline
-    from .report import headline_lines, write_report
+    from .report import finish_run, write_report
 
     if args.command == "ant-data":
         return _ant_data(args)
@@ -304,13 +304,7 @@ def _dispatch(args) -> int:
     for stage in plan:
         stage(cfg, run, progress=progress)
     if args.command == "run":
-        elapsed = time.perf_counter() - t0
-        run.update_results("wall_seconds_last_invocation", {"seconds": elapsed})
-        report = write_report(run.root)
-        print(f"[internalrl] done in {elapsed / 60:.1f} min", flush=True)
-        for line in headline_lines(run.results()):
-            print(f"  {line}")
-        print(f"[internalrl] report: {report}; every number: {run.root / 'results.json'}")
+        finish_run(run, time.perf_counter() - t0)
     return 0
 
 

@@ -39,7 +39,7 @@ def refuse_ant_run(root, command: str) -> None:
 
 def dispatch(args, cfg) -> int:
     from . import ant_stages
-    from .report import headline_lines, write_report
+    from .report import finish_run, write_report
 
     cmd = args.command
     if cmd not in ANT_COMMANDS:
@@ -86,13 +86,7 @@ def dispatch(args, cfg) -> int:
         else:
             stage(cfg, run, progress=progress)
     if cmd == "run":
-        elapsed = time.perf_counter() - t0
-        run.update_results("wall_seconds_last_invocation", {"seconds": elapsed})
-        report = write_report(run.root)
-        print(f"[internalrl] done in {elapsed / 60:.1f} min", flush=True)
-        for line in headline_lines(run.results()):
-            print(f"  {line}")
-        print(f"[internalrl] report: {report}; every number: {run.root / 'results.json'}")
+        finish_run(run, time.perf_counter() - t0)
     return 0
 
 

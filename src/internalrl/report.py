@@ -596,6 +596,17 @@ SECTIONS = [("data", section_data), ("base_model", section_base_model), ("eval_b
             ("metacontroller", section_metacontroller), ("alpha_sweep", section_alpha_sweep)]
 
 
+def finish_run(run, seconds: float) -> Path:
+    """The end of ``internalrl run``: record its wall time, write the report, print the headline numbers."""
+    run.update_results("wall_seconds_last_invocation", {"seconds": seconds})
+    report = write_report(run.root)
+    print(f"[internalrl] done in {seconds / 60:.1f} min", flush=True)
+    for line in headline_lines(run.results()):
+        print(f"  {line}")
+    print(f"[internalrl] report: {report}; every number: {run.root / 'results.json'}")
+    return report
+
+
 def write_report(root: str | Path) -> Path:
     root = Path(root)
     figs = root / "figures"
