@@ -46,6 +46,8 @@ def test_run_writes_results_and_report_then_skips_finished_stages(tmp_path, caps
     weights = (out / "base_model" / "model.safetensors").read_bytes()
     assert main(["run", "--out", str(out), *TINY]) == 0
     assert capsys.readouterr().out.count("finished earlier, skipped") == 9
+    assert main(["injection", "--out", str(out)]) == 0  # the stage's own command, on the finished run
+    assert "injection: finished earlier, skipped" in capsys.readouterr().out
     assert (out / "base_model" / "model.safetensors").read_bytes() == weights
 
 

@@ -16,7 +16,8 @@ from .config import ConfigError
 from .pretrained import BASE_MODEL_CHOICES, DEFAULT_BASE_MODEL, ROOT_ENV
 
 #: Commands that work on a run directory and so build (or use) its base model.
-RUN_DIR_COMMANDS = ("run", "data", "train", "evaluate", "probe", "controllers", "metacontroller", "rl", "sweep-alpha")
+RUN_DIR_COMMANDS = ("run", "data", "train", "evaluate", "probe", "controllers", "metacontroller", "injection", "rl",
+                    "sweep-alpha")
 
 
 def add_arguments(sub: argparse._SubParsersAction) -> None:
