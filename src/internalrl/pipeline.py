@@ -594,14 +594,14 @@ def stage_injection(cfg: Config, run: RunDir, progress: bool = True):
                                 parse_task_set(cfg.env.posttrain_task, spec.num_objects)[0], cfg.eval.num_envs,
                                 cfg.seed + 6000, device, inject_step=cfg.eval.inject_step, threshold=cfg.rl.threshold)
     mid, unseen = res["mid_episode"], res["unseen_transition"]
-    _log(f"injection: {res['bank']['single_subgoal_episodes']} single-subgoal episodes gave codes "
-         f"{res['bank']['codes_per_subgoal']}; at step {cfg.eval.inject_step}: reaching the target {_fmt(mid['success_without'])} "
+    _log(f"injection: codes banked per subgoal {res['bank']['codes_per_subgoal']} "
+         f"({res['bank']['single_subgoal_episodes']} episodes completed only one); at step {cfg.eval.inject_step}: reaching the target {_fmt(mid['success_without'])} "
          f"without, {_fmt(mid['success_with'])} with the code ({mid['episodes']} episodes); after the first subgoal: "
          f"reaching the next {_fmt(unseen['success_without'])} without, {_fmt(unseen['success_with'])} with")
     headline = {"mid_episode_success_without": mid["success_without"], "mid_episode_success_with": mid["success_with"],
                 "mid_episode_episodes": mid["episodes"], "unseen_transition_success_without": unseen["success_without"],
                 "unseen_transition_success_with": unseen["success_with"], "unseen_transition_episodes": unseen["episodes"],
-                "inject_step": cfg.eval.inject_step, "bank_codes": res["bank"]["single_subgoal_episodes"],
+                "inject_step": cfg.eval.inject_step, "bank_codes": sum(res["bank"]["codes_per_subgoal"]),
                 "seconds": time.perf_counter() - t0}
     return run.finish("injection", {"eval": asdict(cfg.eval), "seed": cfg.seed}, {"headline": headline, **res})
 

@@ -545,7 +545,7 @@ def section_injection(root: Path, figs: Path) -> str:
     ax.set(ylabel=f"target {unit} reached", ylim=(0, 1))
     ax.legend(fontsize=8)
     return ("<h2>Latent code injection</h2><p>Codes drawn from the metacontroller's prior and its own switch; the code in "
-            f"force when an episode completed its only {unit} is that {unit}'s. Injected (and held until the next visit) "
+            f"force when an episode completed a {unit} is that {unit}'s. Injected (and held until the next visit) "
             f"at step {m['inject_step']} of new layouts, and right after the post-training task's first {unit}, where the "
             "transition was never seen in pretraining.</p>"
             + _table({k: v for k, v in m["headline"].items()}) + _img(_png(fig, figs / "injection.png"),

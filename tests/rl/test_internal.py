@@ -182,7 +182,7 @@ def test_latent_code_injection_on_a_tiny_model(setup):
     res = latent_code_injection(base, meta, LAYER, spec, TASKS, parse_task_set("0-1-2-3", 8)[0], 64, seed=0,
                                 device="cpu", inject_step=5)
     bank = res["bank"]
-    assert len(bank["codes_per_subgoal"]) == 4 and sum(bank["codes_per_subgoal"]) == bank["single_subgoal_episodes"]
+    assert len(bank["codes_per_subgoal"]) == 4 and bank["single_subgoal_episodes"] <= sum(bank["codes_per_subgoal"])
     for part in ("mid_episode", "unseen_transition"):
         for key in ("success_without", "success_with"):
             v = res[part][key]

@@ -2,9 +2,12 @@
 mean "go for this subgoal" once put in force by hand?
 
 1. **A code bank.** The frozen metacontroller runs with codes drawn from the N(0, I) prior and
-   its own learned switch, in free play on the pretraining tasks. Episodes that reached exactly
-   one subgoal (one colour on the ant, one pair on the gridworld) give the code that was in
-   force when that subgoal was completed: the bank of that subgoal.
+   its own learned switch, in free play on the pretraining tasks. Every subgoal an episode
+   completed (one colour on the ant, one pair on the gridworld) gives the code that was in force
+   when it was completed: the bank of that subgoal. [choice] The paper banks the codes of
+   rollouts that visited only one colour; those are in this bank (counted apart as
+   ``single_subgoal_episodes``), but on the gridworld they are too rare to fill it (3 of 1024
+   episodes of the shipped model), so every completed subgoal counts.
 2. **Mid-episode.** In new layouts, the same prior rollouts; at step ``inject_step`` each live
    episode is given a target subgoal (uniform) and a code of that subgoal from the bank, which
    stays in force until the episode visits its next colour [choice: held, not overwritten by the
@@ -84,17 +87,18 @@ def latent_code_injection(base, meta, layer: int, spec, pretrain_tasks, posttrai
                                 threshold=threshold, reset=False, override=override)
         return env, roll
 
-    # 1. the bank: codes in force when an episode completed its one and only subgoal
+    # 1. the bank: the code in force when each subgoal was completed
     env, roll = rollout(pretrain_tasks, seed, True)
     bank: list[list[torch.Tensor]] = [[] for _ in range(k)]
+    single = 0
     for i in range(episodes):
         done = reached_subgoals(env.visits[i], cps)
-        if len(done) == 1 and len(env.visits[i]) == cps:
-            t, g = done[0]
+        single += len(done) == 1 and len(env.visits[i]) == cps
+        for t, g in done:
             bank[g].append(_in_force(roll, i, t).cpu())
     sizes = [len(b) for b in bank]
     out = {"episodes": episodes, "inject_step": inject_step,
-           "bank": {"single_subgoal_episodes": int(sum(sizes)), "codes_per_subgoal": sizes}}
+           "bank": {"single_subgoal_episodes": int(single), "codes_per_subgoal": sizes}}
 
     def pick(targets: np.ndarray) -> torch.Tensor:
         codes = torch.zeros(len(targets), nz)
