@@ -320,9 +320,11 @@ def _ant_quick() -> Config:
     # [choice] ~58k steps fit a probe: the grid's 2000 episodes (~580k ant steps) took over 9 CPU-minutes per model
     c.probe = ProbeConfig(train_episodes=200, test_episodes=100, fit_steps=300)
     c.controllers = ControllerConfig(rank=0, steps=500, batch_size=32, lr=1e-3)  # SPEC §4: full rank for the ant
-    c.metacontroller = MetacontrollerConfig(rank=0, steps=2000, batch_size=32, lr=1e-3)
-    # [choice] an ant episode is ~30x a grid episode's steps: 8 PPO iterations of 256 episodes
-    c.rl = RLConfig(episodes=2048, batch_size=256, lr=3e-4, policy_hidden=128)
+    # [choice] 500 steps: the metacontroller steps its switch and history through time in Python, ~300 steps an
+    # ant episode; on one loaded CPU core it ran ~15 steps a minute, so 2000 would take over two hours
+    c.metacontroller = MetacontrollerConfig(rank=0, steps=500, batch_size=32, lr=1e-3)
+    # [choice] an ant episode is ~30x a grid episode's steps: 4 PPO iterations of 256 episodes
+    c.rl = RLConfig(episodes=1024, batch_size=256, lr=3e-4, policy_hidden=128)
     return c
 
 
