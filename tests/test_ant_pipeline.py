@@ -145,7 +145,8 @@ def test_the_ant_model_ships_and_evaluates_normalised(ant_run, tmp_path, capsys)
 def test_the_alpha_sweep_runs_on_the_ant(ant_run, tmp_path):
     run = tmp_path / "run"
     shutil.copytree(ant_run, run)
-    assert main(["sweep-alpha", "--out", str(run), "--alphas", "0,1", "--no-progress"]) == 0
+    assert main(["sweep-alpha", "--out", str(run), "--alphas", "0,1", "--tensorboard", "--no-progress"]) == 0
+    assert any((run / "tensorboard" / "alpha_sweep").iterdir())  # scalars, as on the grid
     points = json.loads((run / "alpha_sweep" / "metrics.json").read_text())["points"]
     assert sorted((p["variant"], p["alpha"]) for p in points) == [("cotrained", 0.0), ("cotrained", 1.0),
                                                                   ("frozen", 0.0), ("frozen", 1.0)]

@@ -58,8 +58,13 @@ def dispatch(args, cfg) -> int:
         from .executors import executor_from_args
 
         executor = executor_from_args(args, progress)
+    if getattr(args, "tensorboard", False):
+        from .scalars import require_tensorboard
+
+        require_tensorboard()  # before anything is written
     run = RunDir(args.out or f"runs/ant-{args.preset or 'quick'}-seed{cfg.seed}", cfg,
                  shared=executor is not None and executor.name == "ray")  # Ray workers write in it too
+    run.tensorboard = getattr(args, "tensorboard", False)  # the shared stages write scalars as for the grid
     if cmd == "sweep-alpha":
         from .experiments import alpha_sweep, parse_alphas
 
