@@ -344,7 +344,8 @@ def export(run_dir, name: str, root=None, card: dict | None = None, overwrite: b
                    **{k: base_cfg[k] for k in ("source", "init_from") if base_cfg.get(k)}},
         "seed": cfg.seed, "steps": cfg.train.steps,
         "training_seconds": base.get("train_seconds"), "parameters": sum(p.numel() for p in model.parameters()),
-        "hardware": _hardware(), "control_layer": layer, "policy_from": policy_from if len(extra) > 1 else None,
+        "hardware": _hardware(), "control_layer": layer,
+        **({"policy_from": policy_from} if "policy.safetensors" in extra else {}),
         "measured": measured,
     }
     made.update(card or {})
