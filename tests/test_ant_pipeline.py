@@ -233,3 +233,5 @@ def test_config_and_bench_commands_for_the_ant(tmp_path, capsys):
         assert res[backbone]["pretraining"]["tokens_per_s"] > 0
         assert res[backbone]["acting_model_only"]["steps"] == 2 * 500
         assert res[backbone]["acting_with_env"]["env_steps_per_s"] > 0
+    assert res["metacontroller_training"]["sequence_length"] == 300
+    assert res["metacontroller_training"]["train_steps_per_s"] > 0

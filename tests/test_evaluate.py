@@ -52,3 +52,19 @@ def test_internal_rollout_benchmark_counts_raw_steps_and_decisions():
     assert 32 <= res["raw_env_steps"] <= 32 * cfg.env.horizon  # every episode takes at least one step
     assert res["decisions_per_episode"] >= 1.0  # the first step always takes a code
     assert res["raw_env_steps_per_s"] > 0
+
+
+def test_metacontroller_training_benchmark_runs_on_grid_episodes():
+    from internalrl.bench import bench_metacontroller_train
+    from internalrl.config import load_config
+    from internalrl.data import Trajectories, generate_grid, make_batch
+    from internalrl.envs.tasks import parse_task_set
+
+    cfg = load_config("quick", ["model.width=16", "model.heads=2", "model.head_dim=8", "model.mlp=16",
+                                "metacontroller.rank=4", "metacontroller.batch_size=4"])
+    spec = cfg.env.spec()
+    arrays, _ = generate_grid(4, parse_task_set(cfg.env.pretrain_tasks, spec.num_objects), spec, seed=0, progress=False)
+    batch = make_batch(Trajectories(arrays, {"obs_format": "grid", "env": spec.__dict__}), np.arange(4))
+    res = bench_metacontroller_train(cfg, batch, steps=1)
+    assert res["batch_size"] == 4 and res["sequence_length"] == batch.actions.shape[1]
+    assert res["train_steps_per_s"] > 0

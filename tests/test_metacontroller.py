@@ -78,6 +78,36 @@ def test_sequence_embedding_ignores_padding():
     assert torch.allclose(m.sequence_embedding(e, short_mask), m.sequence_embedding(junk, short_mask), atol=1e-6)
 
 
+def test_gru_sequence_is_nn_grus_both_ways_with_the_same_gradients():
+    """The metacontroller's own GRU loop (fast backward) against nn.GRU on a packed sequence and GRUCell steps."""
+    from torch import nn
+
+    from internalrl.metacontroller import gru_sequence
+
+    m = meta()
+    e, mask, _ = inputs(b=3, t=12)
+    mask[1, 7:] = False
+    mask[2, 1:] = False
+    e.requires_grad_(True)
+    rnn = m.sequence_rnn
+    packed = nn.utils.rnn.pack_padded_sequence(e, mask.sum(1), batch_first=True, enforce_sorted=False)
+    ref, _ = rnn(packed)
+    ref, _ = nn.utils.rnn.pad_packed_sequence(ref, batch_first=True, total_length=12)
+    ns = rnn.hidden_size
+    fwd = gru_sequence(e, rnn.weight_ih_l0, rnn.weight_hh_l0, rnn.bias_ih_l0, rnn.bias_hh_l0) * mask[..., None]
+    bwd = gru_sequence(e, rnn.weight_ih_l0_reverse, rnn.weight_hh_l0_reverse, rnn.bias_ih_l0_reverse,
+                       rnn.bias_hh_l0_reverse, reverse_mask=mask)
+    assert torch.allclose(fwd, ref[..., :ns], atol=1e-6) and torch.allclose(bwd, ref[..., ns:], atol=1e-6)
+    g_ref = torch.autograd.grad(ref.pow(2).sum(), [e, rnn.weight_hh_l0_reverse])
+    g_new = torch.autograd.grad((fwd.pow(2).sum() + bwd.pow(2).sum()), [e, rnn.weight_hh_l0_reverse])
+    assert all(torch.allclose(a, b, atol=1e-5) for a, b in zip(g_ref, g_new))
+    h, steps = torch.zeros(3, m.cfg.history_dim), []  # the history: h_{t-1}, from the cell stepped
+    for t in range(12):
+        steps.append(h)
+        h = m.history(e[:, t], h)
+    assert torch.allclose(m.history_states(e), torch.stack(steps, 1), atol=1e-6)
+
+
 def base_and_batch():
     torch.manual_seed(0)
     base = SequenceModel(ModelConfig(obs_dim=30, width=W, depth=2, heads=2, head_dim=8, mlp=16))

@@ -15,7 +15,7 @@ import numpy as np
 import torch
 
 from .config import Config
-from .data import Trajectories, batch_indices, generate_grid, make_batch
+from .data import Batch, Trajectories, batch_indices, generate_grid, make_batch
 from .envs.gridworld import BatchedGridPinpad
 from .envs.tasks import parse_task_set
 from .experts.grid import expert_actions
@@ -123,6 +123,32 @@ def bench_internal(cfg: Config, num_envs: int) -> dict:
             "decisions_per_episode": float(roll.decisions.sum()) / num_envs}
 
 
+def bench_metacontroller_train(cfg: Config, batch, steps: int = 3) -> dict:
+    """Metacontroller training steps/s (base model frozen, ``cfg.metacontroller``'s batch) on ``batch``: its
+    recurrences step through every time step, so the cost grows with the episode length."""
+    from .metacontroller import Metacontroller, metacontroller_loss
+
+    device = resolve_device(cfg.train.device)
+    torch.manual_seed(0)
+    base = SequenceModel(cfg.model).to(device).eval().requires_grad_(False)
+    meta = Metacontroller(cfg.metacontroller, cfg.model.width).to(device)
+    opt = torch.optim.AdamW(meta.parameters(), lr=cfg.metacontroller.lr)
+    batch = batch.to(device)
+    elapsed = 0.0
+    for i in range(steps + 1):
+        _sync(device)
+        t0 = time.perf_counter()
+        res = metacontroller_loss(base, meta, cfg.meta_layer(), batch, cfg.metacontroller.alpha)
+        opt.zero_grad(set_to_none=True)
+        res["loss"].backward()
+        opt.step()
+        _sync(device)
+        if i >= 1:  # the first step warms up allocators
+            elapsed += time.perf_counter() - t0
+    return {"train_steps_per_s": steps / elapsed, "batch_size": batch.actions.shape[0],
+            "sequence_length": batch.actions.shape[1]}
+
+
 def run_benchmarks(cfg: Config, num_envs: int = 1024) -> dict:
     device = resolve_device(cfg.train.device)
     out = {"device": str(device), "torch_threads": torch.get_num_threads()}
@@ -132,6 +158,11 @@ def run_benchmarks(cfg: Config, num_envs: int = 1024) -> dict:
     out["pretraining"] = bench_train(cfg)
     out["acting"] = bench_acting(cfg, num_envs)
     out["internal_rl_rollout"] = bench_internal(cfg, num_envs)
+    spec = cfg.env.spec()
+    arrays, _ = generate_grid(cfg.metacontroller.batch_size, parse_task_set(cfg.env.pretrain_tasks, spec.num_objects),
+                              spec, seed=0, progress=False)
+    data = Trajectories(arrays, {"obs_format": "grid", "env": spec.__dict__})
+    out["metacontroller_training"] = bench_metacontroller_train(cfg, make_batch(data, np.arange(data.num_episodes)))
     return out
 
 
@@ -224,4 +255,11 @@ def run_ant_benchmarks(cfg: Config, num_envs: int = 256, progress: bool = True) 
         out[name] = {"pretraining": bench_ant_train(cfg, mc),
                      "acting_model_only": bench_ant_acting(cfg, mc, num_envs, with_env=False),
                      "acting_with_env": bench_ant_acting(cfg, mc, num_envs, with_env=True)}
+    b, length, g = cfg.metacontroller.batch_size, ANT_BENCH_LENGTH, torch.Generator().manual_seed(0)
+    if progress:
+        print("[internalrl] bench: metacontroller training", flush=True)
+    out["metacontroller_training"] = bench_metacontroller_train(cfg, Batch(
+        torch.randn(b, length + 1, cfg.model.obs_dim, generator=g),
+        torch.randn(b, length, cfg.model.action_dim, generator=g).clamp(-1, 1),
+        torch.ones(b, length, dtype=torch.bool), torch.zeros(b, length, dtype=torch.long)))
     return out

@@ -92,6 +92,34 @@ def mlp(inp: int, hidden: int, out: int) -> nn.Sequential:
     return nn.Sequential(nn.Linear(inp, hidden), nn.ReLU(), nn.Linear(hidden, out))
 
 
+def gru_sequence(x: torch.Tensor, w_ih: torch.Tensor, w_hh: torch.Tensor, b_ih: torch.Tensor, b_hh: torch.Tensor,
+                 reverse_mask: torch.Tensor | None = None) -> torch.Tensor:
+    """The hidden states of a GRU (``nn.GRU``'s and ``nn.GRUCell``'s equations and parameter layout)
+    over ``x`` (B, T, in) from h = 0: (B, T, hidden), state t after reading step t. With
+    ``reverse_mask`` (B, T; valid steps first) it reads each sequence backwards from its last valid
+    step, as ``nn.GRU``'s reverse direction does on a packed sequence (the state stays 0 over the
+    padding; outputs there are 0).
+
+    The input projections of every step come from one matrix product and one ``unbind``; only the
+    hidden projection runs per step. Indexing ``[:, t]`` inside the loop (as ``nn.GRU``'s CPU path
+    does) makes the backward pass add T full-size gradients: quadratic in T, most of the
+    metacontroller's training time on the ant's 300-step episodes."""
+    h = x.new_zeros(x.shape[0], w_hh.shape[1])
+    gates = F.linear(x, w_ih, b_ih).unbind(1)
+    keep = reverse_mask.unbind(1) if reverse_mask is not None else None
+    order = range(len(gates) - 1, -1, -1) if reverse_mask is not None else range(len(gates))
+    states = [None] * len(gates)
+    for t in order:
+        i_r, i_z, i_n = gates[t].chunk(3, -1)
+        h_r, h_z, h_n = F.linear(h, w_hh, b_hh).chunk(3, -1)
+        r, z = torch.sigmoid(i_r + h_r), torch.sigmoid(i_z + h_z)
+        h = torch.lerp(torch.tanh(i_n + r * h_n), h, z)  # (1 - z) n + z h
+        if keep is not None:
+            h = h * keep[t][:, None]
+        states[t] = h
+    return torch.stack(states, 1)
+
+
 @dataclass
 class MetaOutput:
     residual: torch.Tensor  # (B, T, W) controlled residual ê
@@ -184,14 +212,22 @@ class Metacontroller(HyperDecoder, nn.Module):
     # -- parts -------------------------------------------------------------
     def sequence_embedding(self, residual: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         """s = f_emb(e_{1:T}): both directions over the valid steps, mean-pooled. (B, n_s)"""
-        lengths = mask.sum(1).clamp(min=1).cpu()
-        packed = nn.utils.rnn.pack_padded_sequence(residual, lengths, batch_first=True, enforce_sorted=False)
-        out, _ = self.sequence_rnn(packed)
-        out, _ = nn.utils.rnn.pad_packed_sequence(out, batch_first=True, total_length=residual.shape[1])
+        rnn = self.sequence_rnn  # its parameters, run by gru_sequence (nn.GRU's CPU backward is quadratic in T)
+        out = torch.cat([gru_sequence(residual, rnn.weight_ih_l0, rnn.weight_hh_l0, rnn.bias_ih_l0, rnn.bias_hh_l0),
+                         gru_sequence(residual, rnn.weight_ih_l0_reverse, rnn.weight_hh_l0_reverse,
+                                      rnn.bias_ih_l0_reverse, rnn.bias_hh_l0_reverse, reverse_mask=mask)], -1)
         m = mask[..., None].float()
         pooled = (out * m).sum(1) / m.sum(1).clamp(min=1)
         return self.sequence_out(pooled)
 
+
+    def history_states(self, residual: torch.Tensor) -> torch.Tensor:
+        """h_{t-1} for every step t of ``residual`` (B, T, W), h_0 = 0: the history GRU cell run over
+        the sequence (:func:`gru_sequence`; the same numbers as stepping ``self.history``, to float
+        rounding). (B, T, n_h)"""
+        cell = self.history
+        states = gru_sequence(residual, cell.weight_ih, cell.weight_hh, cell.bias_ih, cell.bias_hh)
+        return F.pad(states[:, :-1], (0, 0, 1, 0))
 
     def gate(self, residual_t: torch.Tensor, h_prev: torch.Tensor, z_prev: torch.Tensor, first: bool,
              generator: torch.Generator | None = None) -> torch.Tensor:
@@ -222,12 +258,7 @@ class Metacontroller(HyperDecoder, nn.Module):
         # Only the switch and the integration depend on the previous code; the history GRU reads
         # e alone, the encoder (e_t, h_{t-1}, s), so both run ahead over every step and the loop
         # below does less per step (the same numbers as step by step: the internal-RL parity test).
-        h = residual.new_zeros(b, self.cfg.history_dim)
-        h_prev = []
-        for i in range(t):
-            h_prev.append(h)
-            h = self.history(residual[:, i], h)
-        h_prev = torch.stack(h_prev, 1)
+        h_prev = self.history_states(residual)
         mean, log_std = self.encoder(torch.cat([residual, h_prev, s[:, None].expand(b, t, -1)], -1)).chunk(2, -1)
         log_std = log_std.clamp(-8, 4)
         proposals = mean + log_std.exp() * noise
@@ -236,13 +267,15 @@ class Metacontroller(HyperDecoder, nn.Module):
         switch_pre = F.linear(torch.cat([residual, h_prev], -1), w_eh, first_layer.bias)
         z = residual.new_zeros(b, nz)
         gates, codes = [], []
-        for i in range(t):
+        # unbind once: indexing [:, i] in the loop would make the backward pass add T full-size
+        # gradients, one per slice (quadratic in T; most of the time on the ant's 300-step episodes)
+        for i, (pre, proposal) in enumerate(zip(switch_pre.unbind(1), proposals.unbind(1))):
             if i == 0 or self.cfg.switch == "always":
                 beta = residual.new_ones(b)
             else:
-                logit = self.switch_unit[2](F.relu(switch_pre[:, i] + F.linear(z, w_z)))[:, 0]
+                logit = self.switch_unit[2](F.relu(pre + F.linear(z, w_z)))[:, 0]
                 beta = self.gate_from_logit(logit, generator)
-            z = beta[:, None] * proposals[:, i] + (1 - beta[:, None]) * z
+            z = beta[:, None] * proposal + (1 - beta[:, None]) * z
             gates.append(beta), codes.append(z)
         gates, codes = torch.stack(gates, 1), torch.stack(codes, 1)
         kl = 0.5 * (mean.pow(2) + (2 * log_std).exp() - 1 - 2 * log_std).sum(-1)
