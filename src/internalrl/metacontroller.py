@@ -102,7 +102,7 @@ def gru_sequence(x: torch.Tensor, w_ih: torch.Tensor, w_hh: torch.Tensor, b_ih: 
 
     The input projections of every step come from one matrix product and one ``unbind``; only the
     hidden projection runs per step. Indexing ``[:, t]`` inside the loop (as ``nn.GRU``'s CPU path
-    does) makes the backward pass add T full-size gradients: quadratic in T, most of the
+    does) makes the backward pass add T full-size gradients: quadratic in T, a third of the
     metacontroller's training time on the ant's 300-step episodes."""
     h = x.new_zeros(x.shape[0], w_hh.shape[1])
     gates = F.linear(x, w_ih, b_ih).unbind(1)
@@ -220,7 +220,6 @@ class Metacontroller(HyperDecoder, nn.Module):
         pooled = (out * m).sum(1) / m.sum(1).clamp(min=1)
         return self.sequence_out(pooled)
 
-
     def history_states(self, residual: torch.Tensor) -> torch.Tensor:
         """h_{t-1} for every step t of ``residual`` (B, T, W), h_0 = 0: the history GRU cell run over
         the sequence (:func:`gru_sequence`; the same numbers as stepping ``self.history``, to float
@@ -268,7 +267,7 @@ class Metacontroller(HyperDecoder, nn.Module):
         z = residual.new_zeros(b, nz)
         gates, codes = [], []
         # unbind once: indexing [:, i] in the loop would make the backward pass add T full-size
-        # gradients, one per slice (quadratic in T; most of the time on the ant's 300-step episodes)
+        # gradients, one per slice (quadratic in T)
         for i, (pre, proposal) in enumerate(zip(switch_pre.unbind(1), proposals.unbind(1))):
             if i == 0 or self.cfg.switch == "always":
                 beta = residual.new_ones(b)
