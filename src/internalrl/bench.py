@@ -44,12 +44,16 @@ def bench_env_with_resets(cfg: Config, num_envs: int, seconds: float = 3.0) -> d
     return {"env_steps_per_s": live / (time.perf_counter() - t0), "num_envs": num_envs}
 
 
+def _expert_episodes(cfg: Config, n: int) -> Trajectories:
+    """``n`` grid expert episodes on the pretraining tasks (seed 0)."""
+    spec = cfg.env.spec()
+    arrays, _ = generate_grid(n, parse_task_set(cfg.env.pretrain_tasks, spec.num_objects), spec, seed=0, progress=False)
+    return Trajectories(arrays, {"obs_format": "grid", "env": spec.__dict__})
+
+
 def bench_train(cfg: Config, steps: int = 10) -> dict:
     device = resolve_device(cfg.train.device)
-    spec = cfg.env.spec()
-    tasks = parse_task_set(cfg.env.pretrain_tasks, spec.num_objects)
-    arrays, _ = generate_grid(max(8 * cfg.train.batch_size, 2048), tasks, spec, seed=0, progress=False)
-    data = Trajectories(arrays, {"obs_format": "grid", "env": spec.__dict__})
+    data = _expert_episodes(cfg, max(8 * cfg.train.batch_size, 2048))
     torch.manual_seed(0)
     model = SequenceModel(cfg.model).to(device)
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.train.lr)
@@ -158,10 +162,7 @@ def run_benchmarks(cfg: Config, num_envs: int = 1024) -> dict:
     out["pretraining"] = bench_train(cfg)
     out["acting"] = bench_acting(cfg, num_envs)
     out["internal_rl_rollout"] = bench_internal(cfg, num_envs)
-    spec = cfg.env.spec()
-    arrays, _ = generate_grid(cfg.metacontroller.batch_size, parse_task_set(cfg.env.pretrain_tasks, spec.num_objects),
-                              spec, seed=0, progress=False)
-    data = Trajectories(arrays, {"obs_format": "grid", "env": spec.__dict__})
+    data = _expert_episodes(cfg, cfg.metacontroller.batch_size)
     out["metacontroller_training"] = bench_metacontroller_train(cfg, make_batch(data, np.arange(data.num_episodes)))
     return out
 
@@ -178,19 +179,22 @@ def same_width_transformer(model_cfg):
     return replace(model_cfg, backbone="transformer", heads=heads, head_dim=model_cfg.width // heads)
 
 
+def _random_ant_batch(model_cfg, batch_size: int, length: int) -> Batch:
+    """Ant-shaped episodes of random numbers (seed 0): the cost of a training step does not depend on them."""
+    g = torch.Generator().manual_seed(0)
+    return Batch(torch.randn(batch_size, length + 1, model_cfg.obs_dim, generator=g),
+                 torch.randn(batch_size, length, model_cfg.action_dim, generator=g).clamp(-1, 1),
+                 torch.ones(batch_size, length, dtype=torch.bool), torch.zeros(batch_size, length, dtype=torch.long))
+
+
 def bench_ant_train(cfg: Config, model_cfg, steps: int = 5, length: int = ANT_BENCH_LENGTH) -> dict:
     """Training tokens/s of one backbone on ant-shaped batches (random numbers: the cost does not depend on them)."""
-    from .data import Batch
-
     device = resolve_device(cfg.train.device)
     torch.manual_seed(0)
     model = SequenceModel(model_cfg).to(device)
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.train.lr)
     b = cfg.train.batch_size
-    g = torch.Generator().manual_seed(0)
-    batch = Batch(torch.randn(b, length + 1, model_cfg.obs_dim, generator=g),
-                  torch.randn(b, length, model_cfg.action_dim, generator=g).clamp(-1, 1),
-                  torch.ones(b, length, dtype=torch.bool), torch.zeros(b, length, dtype=torch.long)).to(device)
+    batch = _random_ant_batch(model_cfg, b, length).to(device)
     elapsed = 0.0
     for i in range(steps + 1):
         _sync(device)
@@ -255,11 +259,8 @@ def run_ant_benchmarks(cfg: Config, num_envs: int = 256, progress: bool = True) 
         out[name] = {"pretraining": bench_ant_train(cfg, mc),
                      "acting_model_only": bench_ant_acting(cfg, mc, num_envs, with_env=False),
                      "acting_with_env": bench_ant_acting(cfg, mc, num_envs, with_env=True)}
-    b, length, g = cfg.metacontroller.batch_size, ANT_BENCH_LENGTH, torch.Generator().manual_seed(0)
     if progress:
         print("[internalrl] bench: metacontroller training", flush=True)
-    out["metacontroller_training"] = bench_metacontroller_train(cfg, Batch(
-        torch.randn(b, length + 1, cfg.model.obs_dim, generator=g),
-        torch.randn(b, length, cfg.model.action_dim, generator=g).clamp(-1, 1),
-        torch.ones(b, length, dtype=torch.bool), torch.zeros(b, length, dtype=torch.long)))
+    out["metacontroller_training"] = bench_metacontroller_train(
+        cfg, _random_ant_batch(cfg.model, cfg.metacontroller.batch_size, ANT_BENCH_LENGTH))
     return out

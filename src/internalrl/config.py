@@ -320,8 +320,9 @@ def _ant_quick() -> Config:
     # [choice] ~58k steps fit a probe: the grid's 2000 episodes (~580k ant steps) took over 9 CPU-minutes per model
     c.probe = ProbeConfig(train_episodes=200, test_episodes=100, fit_steps=300)
     c.controllers = ControllerConfig(rank=0, steps=500, batch_size=32, lr=1e-3)  # SPEC §4: full rank for the ant
-    # [choice] 500 steps: the metacontroller steps its switch and history through time in Python, ~300 steps an
-    # ant episode; on one loaded CPU core it ran ~15 steps a minute, so 2000 would take over two hours
+    # [choice] 500 steps: the metacontroller steps its switch and recurrences through ~300 time steps an ant
+    # episode; 500 frozen steps take ~7 min on one loaded CPU core (docs/ant.md), and its switch had not fired
+    # by step 468 of the earlier 2000 either
     c.metacontroller = MetacontrollerConfig(rank=0, steps=500, batch_size=32, lr=1e-3)
     # [choice] an ant episode has ~10x a grid episode's steps (~290 against ~31): 4 PPO iterations of 256 episodes
     c.rl = RLConfig(episodes=1024, batch_size=256, lr=3e-4, policy_hidden=128)
