@@ -11,10 +11,11 @@ from internalrl.train import CheckpointError, load_model, save_model
 CFG = ModelConfig(obs_dim=37, action_dim=4, width=32, depth=4, heads=2, head_dim=16, mlp=64, max_len=64)
 
 
-@pytest.fixture(params=["relu", "swiglu"])
+@pytest.fixture(params=[("relu", 0), ("swiglu", 0), ("relu", 3)], ids=["relu", "swiglu", "upper_window3"])
 def model(request):
     torch.manual_seed(0)
-    m = SequenceModel(replace(CFG, mlp_type=request.param))
+    mlp_type, window = request.param
+    m = SequenceModel(replace(CFG, mlp_type=mlp_type, upper_window=window))
     with torch.no_grad():  # move the zero-initialised biases off zero so they matter
         for blk in m.blocks:
             blk.rel_bias.weight.normal_()
@@ -77,6 +78,25 @@ def test_residual_stream_matches_lower(model):
         model.lower(x, 5)
 
 
+@pytest.mark.parametrize("window", [1, 3])
+def test_upper_window_limits_what_the_upper_half_sees_of_the_past(window):
+    torch.manual_seed(0)
+    m = SequenceModel(replace(CFG, upper_window=window)).eval()
+    half = CFG.depth // 2
+    assert [blk.window for blk in m.blocks] == [0] * half + [window] * (CFG.depth - half)
+    e = m.lower(obs(), half)
+    moved = e.clone()
+    moved[:, 10] += torch.randn(CFG.width)  # rewrite the residual at layer L/2 at one step
+    changed = (m.upper(moved, half).action - m.upper(e, half).action).abs().amax(dim=(0, 2)) > 1e-6
+    reach = (CFG.depth - half) * (window - 1) + 1  # each upper block looks window - 1 steps further back
+    assert changed.nonzero().flatten().tolist() == list(range(10, 10 + reach))
+    # the lower half still reads the whole past: an early observation changes later residuals at L/2
+    x = obs()
+    y = x.clone()
+    y[:, 0] = 1 - y[:, 0]
+    assert not torch.allclose(m.lower(x, half)[:, -1], m.lower(y, half)[:, -1])
+
+
 def test_relative_buckets_are_monotone_and_bounded():
     d = torch.arange(0, 500)
     b = relative_bucket(d, 32, 128)
@@ -117,6 +137,10 @@ def test_bad_model_config_names_the_field():
         SequenceModel(ModelConfig(action_type="beta"))
     with pytest.raises(ValueError, match="model.mlp_type"):
         SequenceModel(ModelConfig(mlp_type="gelu"))
+    with pytest.raises(ValueError, match="model.upper_window"):
+        SequenceModel(ModelConfig(upper_window=-1))
+    with pytest.raises(ValueError, match="model.upper_window"):
+        SequenceModel(ModelConfig(backbone="hawk", upper_window=4))
 
 
 def test_egocentric_window_puts_neighbours_at_fixed_offsets():

@@ -53,6 +53,11 @@ class ModelConfig:
     # width, depth, heads (the RG-LRU gates' diagonal blocks), mlp, mlp_type and lru_width; not head_dim or rel_*
     backbone: str = "transformer"
     lru_width: int = 0  # hawk: channels of the conv + RG-LRU branch; 0 means width (Table A5: LRU width = width)
+    # transformer [choice, a departure from the paper; 0 = off, the paper's]: the blocks above layer depth // 2 attend
+    # only to the last `upper_window` positions (1: each position to itself). The history then reaches the upper half
+    # only through the residual stream at layer depth // 2 (where the controllers and the metacontroller act) of the
+    # last (depth - depth // 2) * (upper_window - 1) + 1 steps.
+    upper_window: int = 0
 
     def validate(self) -> None:
         for name in ("obs_dim", "action_dim", "width", "depth", "heads", "head_dim", "mlp", "rel_buckets", "max_len"):
@@ -77,6 +82,11 @@ class ModelConfig:
             raise ValueError("model.conv_channels and model.conv_layers must be at least 1")
         if self.backbone not in BACKBONES:
             raise ValueError(f"model.backbone must be one of {', '.join(BACKBONES)}, got {self.backbone!r}")
+        if self.upper_window < 0:
+            raise ValueError(f"model.upper_window must be 0 (the whole past) or positive, got {self.upper_window}")
+        if self.upper_window and self.backbone != "transformer":
+            raise ValueError("model.upper_window applies to the transformer backbone only; set it to 0 for "
+                             f"backbone={self.backbone!r}")
         if self.lru_width < 0:
             raise ValueError(f"model.lru_width must be 0 (the width) or positive, got {self.lru_width}")
         if self.backbone == "hawk" and self.recurrent_width % self.heads:
@@ -258,8 +268,8 @@ class SequenceModel(nn.Module):
         else:
             self.blocks = nn.ModuleList(
                 TransformerBlock(cfg.width, cfg.heads, cfg.head_dim, cfg.mlp, cfg.rel_buckets, cfg.rel_max_distance,
-                                 cfg.mlp_type)
-                for _ in range(cfg.depth)
+                                 cfg.mlp_type, window=cfg.upper_window if i >= cfg.depth // 2 else 0)
+                for i in range(cfg.depth)
             )
         self.final_norm = nn.LayerNorm(cfg.width)
         self.action_head = nn.Linear(cfg.width, cfg.action_dim)

@@ -69,10 +69,13 @@ def make_mlp(width: int, hidden: int, mlp_type: str) -> nn.Module:
 
 
 class TransformerBlock(nn.Module):
+    """``window`` > 0 lets each position attend only to itself and the ``window - 1`` positions
+    before it (0: the whole past)."""
+
     def __init__(self, width: int, heads: int, head_dim: int, mlp: int, buckets: int, max_distance: int,
-                 mlp_type: str = "relu") -> None:
+                 mlp_type: str = "relu", window: int = 0) -> None:
         super().__init__()
-        self.heads, self.head_dim = heads, head_dim
+        self.heads, self.head_dim, self.window = heads, head_dim, window
         self.buckets, self.max_distance = buckets, max_distance
         self.norm_attn = nn.LayerNorm(width)
         self.qkv = nn.Linear(width, 3 * heads * head_dim)
@@ -95,7 +98,10 @@ class TransformerBlock(nn.Module):
         kpos = torch.arange(k.shape[2], device=x.device)
         distance = qpos[:, None] - kpos[None, :]  # (T, Tk)
         bias = self.rel_bias(relative_bucket(distance.clamp(min=0), self.buckets, self.max_distance))
-        bias = bias.permute(2, 0, 1).masked_fill(distance < 0, float("-inf"))  # (heads, T, Tk)
+        hidden = distance < 0
+        if self.window:
+            hidden = hidden | (distance >= self.window)
+        bias = bias.permute(2, 0, 1).masked_fill(hidden, float("-inf"))  # (heads, T, Tk)
         attn = F.scaled_dot_product_attention(q, k, v, attn_mask=bias[None].to(q.dtype))
         x = x + self.out(attn.transpose(1, 2).reshape(b, t, self.heads * self.head_dim))
         return x + self.mlp(self.norm_mlp(x))
