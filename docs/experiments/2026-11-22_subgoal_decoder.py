@@ -27,6 +27,7 @@ from pathlib import Path
 import torch
 
 from internalrl.analysis.diagnose import load_finished_run
+from internalrl.atomic import manifest
 from internalrl.analysis.controllers import controlled_action_nll, freeze, heldout_controlled_nll
 from internalrl.config import ControllerConfig
 from internalrl.data import batch_indices, make_batch
@@ -104,5 +105,6 @@ if results.exists():
     results.write_text(json.dumps(kept, indent=2))
 save_weights(meta, tmp / a.stage / "frozen.safetensors")
 (tmp / a.stage / "subgoal_codes.json").write_text(json.dumps(codes.detach().tolist()))
+manifest(tmp / a.stage)  # the folder's recorded checksums now describe the retrained decoder
 tmp.rename(out)
 print(f"wrote {out} (its {a.stage}/frozen.safetensors has the supervised decoder)")

@@ -338,6 +338,9 @@ def _diagnose_arguments(sub) -> None:
             d.add_argument("--population", type=int, default=24, help="code tables per iteration (default 24)")
             d.add_argument("--episodes", type=int, default=256, help="episodes per table and iteration (default 256)")
             d.add_argument("--final-episodes", type=int, default=1024, help="fresh episodes for the final score")
+            d.add_argument("--init", default=None, metavar="FILE",
+                           help="a code table to start from (JSON: rows x code_dim numbers, e.g. a decoder's "
+                                "metacontroller/subgoal_codes.json); with --iterations 0 it is only scored")
             d.add_argument("--seed", type=int, default=0)
 
 
@@ -352,8 +355,15 @@ def _diagnose(args) -> int:
     elif args.diagnosis == "code-content":
         res = diagnose.code_content(diagnose.load_finished_run(args.run_dir, args.stage, args.overrides), args.episodes)
     else:
+        init = None
+        if args.init is not None:
+            try:
+                init = json.loads(Path(args.init).read_text())
+            except (OSError, ValueError) as e:
+                raise ConfigError(f"--init {args.init}: cannot read a JSON code table ({e})") from None
         res = diagnose.code_search(diagnose.load_finished_run(args.run_dir, args.stage, args.overrides), args.task, args.index,
-                                   args.iterations, args.population, args.episodes, args.final_episodes, args.seed)
+                                   args.iterations, args.population, args.episodes, args.final_episodes, args.seed,
+                                   init=init)
     if args.json:
         from .atomic import write_json
 

@@ -81,6 +81,28 @@ def test_code_search_runs_and_scores_its_table(run, tmp_path):
     assert 0 <= res["searched_success"] <= 1 and len(res["prior_tables_success"]) == 4
 
 
+def test_code_search_scores_a_given_table_and_refuses_a_misshapen_one(run, tmp_path, capsys):
+    table = np.random.default_rng(0).normal(size=(4, run_code_dim(run))).round(3).tolist()  # one row per subgoal
+    (tmp_path / "t.json").write_text(json.dumps(table))
+    args = ["diagnose", "code-search", str(run), "--iterations", "0", "--episodes", "4", "--final-episodes", "4",
+            "--init", str(tmp_path / "t.json"), "--json", str(tmp_path / "s.json")]
+    assert main(args) == 0
+    res = json.loads((tmp_path / "s.json").read_text())
+    assert res["iterations"] == [] and np.allclose(res["table"], table, atol=1e-6)
+    (tmp_path / "t.json").write_text(json.dumps([row[:-1] for row in table]))
+    assert main(args) == 2
+    assert "--init must hold a 4 x" in capsys.readouterr().err
+    (tmp_path / "t.json").write_text("not json")
+    assert main(args) == 2
+    assert "cannot read a JSON code table" in capsys.readouterr().err
+    assert main(args[:3] + ["--iterations", "0"]) == 2  # without a table to score, there must be a search
+    assert "--iterations" in capsys.readouterr().err
+
+
+def run_code_dim(run) -> int:
+    return json.loads((run / "metacontroller" / "config.json").read_text())["metacontroller"]["code_dim"]
+
+
 def test_diagnose_says_what_a_run_lacks(run, tmp_path, capsys):
     assert main(["diagnose", "free-play-failures", str(tmp_path)]) == 2
     assert "not an internalrl run" in capsys.readouterr().err

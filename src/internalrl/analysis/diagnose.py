@@ -258,7 +258,7 @@ def code_content(run: FinishedRun, episodes: int = 4000, log: Callable = print) 
 # ------------------------------------------------------------------ code search
 def code_search(run: FinishedRun, task: str = "0-1-2-3", index: str = "subgoal", iterations: int = 12,
                 population: int = 24, episodes: int = 256, final_episodes: int = 1024, seed: int = 0,
-                log: Callable = print) -> dict:
+                log: Callable = print, init: list | None = None) -> dict:
     """A cross-entropy search over code tables for ``task``. The table has one row per oracle
     index, chosen at every decision (the first step and wherever the hardened switch fires, as
     in internal RL): ``subgoal`` (the ground-truth subgoal), ``direction`` (the main compass
@@ -267,14 +267,16 @@ def code_search(run: FinishedRun, task: str = "0-1-2-3", index: str = "subgoal",
     rolls them all out on the same ``episodes`` layouts in one batch, and refits mean and scale
     to the best quarter by mean progress (colours visited in order / task length). Finally the
     mean table is scored on ``final_episodes`` fresh episodes beside the all-zero table and
-    four tables drawn from the prior."""
+    four tables drawn from the prior. ``init`` (rows x code_dim numbers) starts the search's mean
+    there instead of at zero; with ``iterations=0`` that table is only scored."""
     from ..errors import ConfigError
     from ..rl.internal import rollout_internal
 
     if index not in ("subgoal", "direction", "both"):
         raise ConfigError(f"--index must be subgoal, direction or both, got {index!r}")
-    if min(iterations, population - 1, episodes, final_episodes) < 1:
-        raise ConfigError("--iterations, --episodes must be at least 1 and --population at least 2")
+    if min(iterations + (init is not None), population - 1, episodes, final_episodes) < 1:
+        raise ConfigError("--iterations (at least 0 with --init), --episodes must be at least 1 and --population at "
+                          "least 2")
     cfg, base, meta = run.cfg, run.base, run.meta
     spec = cfg.env.spec()
     layer = cfg.meta_layer()
@@ -306,6 +308,12 @@ def code_search(run: FinishedRun, task: str = "0-1-2-3", index: str = "subgoal",
 
     gen = torch.Generator().manual_seed(seed)
     mean, scale = torch.zeros(n_rows, nz), torch.ones(n_rows, nz)
+    if init is not None:
+        start = torch.as_tensor(init, dtype=torch.float32)
+        if start.shape != (n_rows, nz):
+            raise ConfigError(f"--init must hold a {n_rows} x {nz} table (one row per {index} value, one column per "
+                              f"code dimension), got shape {tuple(start.shape)}")
+        mean = start.clone()
     elite_n = max(2, population // 4)
     t0 = time.perf_counter()
     log(f"task {task}, index {index} ({n_rows} rows x {nz}), population {population}, {episodes} episodes each")
