@@ -33,6 +33,7 @@ recipe() {
     wd01_uw1) echo "--set train.weight_decay=0.1 --set model.upper_window=1" ;;
     wd01_uw4) echo "--set train.weight_decay=0.1 --set model.upper_window=4" ;;
     wide_wd01_uw4) echo "--set model.width=128 --set model.mlp=256 --set model.head_dim=32 --set train.weight_decay=0.1 --set model.upper_window=4" ;;
+    wider_wd01_uw4) echo "--set model.width=256 --set model.mlp=512 --set model.head_dim=64 --set train.weight_decay=0.1 --set model.upper_window=4" ;;
     soft_wd01) echo "--set train.soft_targets=true --set train.weight_decay=0.1" ;;
     *) echo "unknown recipe $1" >&2; return 1 ;;
   esac
