@@ -92,6 +92,9 @@ def test_code_search_scores_a_given_table_and_refuses_a_misshapen_one(run, tmp_p
     (tmp_path / "t.json").write_text(json.dumps([row[:-1] for row in table]))
     assert main(args) == 2
     assert "--init must hold a 4 x" in capsys.readouterr().err
+    (tmp_path / "t.json").write_text(json.dumps({"rows": table}))
+    assert main(args) == 2
+    assert "--init must hold a 4 x" in capsys.readouterr().err
     (tmp_path / "t.json").write_text("not json")
     assert main(args) == 2
     assert "cannot read a JSON code table" in capsys.readouterr().err

@@ -309,7 +309,10 @@ def code_search(run: FinishedRun, task: str = "0-1-2-3", index: str = "subgoal",
     gen = torch.Generator().manual_seed(seed)
     mean, scale = torch.zeros(n_rows, nz), torch.ones(n_rows, nz)
     if init is not None:
-        start = torch.as_tensor(init, dtype=torch.float32)
+        try:
+            start = torch.as_tensor(init, dtype=torch.float32)
+        except (TypeError, ValueError, RuntimeError):
+            start = torch.empty(0)  # not a table of numbers: reported below with the shape expected
         if start.shape != (n_rows, nz):
             raise ConfigError(f"--init must hold a {n_rows} x {nz} table (one row per {index} value, one column per "
                               f"code dimension), got shape {tuple(start.shape)}")
