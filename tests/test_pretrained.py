@@ -187,6 +187,31 @@ def test_export_can_ship_the_steerability_protocols_controllers(shipped, tmp_pat
     assert "steerability" in p.card["measured"]
 
 
+def test_export_of_a_snapshots_protocol_ships_that_snapshot(shipped, tmp_path, capsys):
+    """Controllers measured on a training snapshot ship with the snapshot's weights, not the final model's."""
+    from safetensors.torch import save_file
+
+    run, _ = shipped
+    work = tmp_path / "run"
+    shutil.copytree(run, work)
+    final = load_file(str(work / "base_model" / "model.safetensors"))
+    earlier = {k: v + 0.01 for k, v in final.items()}  # stands in for the model at step 2
+    save_file(earlier, str(work / "base_model" / "snapshots" / "step_0000002.safetensors"))
+    assert main(["steerability", str(work), "--snapshot", "2", "--steps", "2", "--batch-size", "4", "--episodes", "8",
+                 "--rank", "4", "--layer", "2", "--no-progress"]) == 0
+    root = tmp_path / "assets"
+    assert main(["pretrained", "export", str(work), "grid", "--root", str(root), "--controllers-from",
+                 "steerability_step2", "--policy-from", "rl_internal"]) == 2
+    assert "snapshot at step 2" in capsys.readouterr().err and not (root / "grid").exists()
+    assert main(["pretrained", "export", str(work), "grid", "--root", str(root),
+                 "--controllers-from", "steerability_step2"]) == 0
+    p = pretrained.load("grid", root)
+    for k, v in earlier.items():
+        assert torch.equal(p.model.state_dict()[k], v), k
+    assert p.card["steps"] == 2 and p.card["snapshot_of_run_steps"] == 4
+    assert list(p.card["measured"]) == ["steerability_step2"]  # the run's other stages measured the final model
+
+
 def test_the_shipped_grid_model_loads_and_steps():
     """The package's own shipped model: checksums hold, the model is frozen and its controllers act."""
     from internalrl.envs.gridworld import BatchedGridPinpad

@@ -61,7 +61,8 @@ def add_arguments(sub: argparse._SubParsersAction) -> None:
                    help="the run's internal-RL folder whose policy ships (default: its best on the post-training task)")
     q.add_argument("--controllers-from", default="controllers", metavar="FOLDER",
                    help="the run's folder whose controllers ship: the controllers stage (default) or a "
-                        "steerability folder (its layer, rank and budget go into the shipped config)")
+                        "steerability folder (its layer, rank and budget go into the shipped config; one "
+                        "measured on a training snapshot ships that snapshot's weights)")
 
 
 def run_dir_setup(args, cfg):

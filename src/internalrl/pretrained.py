@@ -268,7 +268,9 @@ def export(run_dir, name: str, root=None, card: dict | None = None, overwrite: b
     """Write the shipped-model folder ``root/name`` from the finished run directory ``run_dir``
     (its ``base_model`` stage, and the controllers at the control layer of its
     ``controllers_from`` folder: the ``controllers`` stage, or a ``steerability`` protocol's
-    folder with its own layer and rank). ``card`` adds to (or overrides) what the
+    folder with its own layer and rank; when that protocol measured a training snapshot, the
+    snapshot's weights ship, without the run's metacontroller or policy, which were trained on its
+    final model). ``card`` adds to (or overrides) what the
     card says by itself (recipe, seed, steps, training time, hardware, measured numbers). The
     folder is written under a temporary name and renamed when whole; an existing folder is
     replaced only with ``overwrite=True``. The frozen metacontroller ships too when the run has one, and the
@@ -285,6 +287,7 @@ def export(run_dir, name: str, root=None, card: dict | None = None, overwrite: b
     except (OSError, json.JSONDecodeError):
         raise PretrainedError(f"{run_dir} is not a finished internalrl run (no readable run.json)") from None
     cfg = config_from_dict(run_meta.get("config"), str(run_dir / "run.json"))
+    snapshot = None  # a steerability folder measured on a training snapshot ships that snapshot's weights
     if controllers_from != "controllers":  # a steerability folder: its protocol says where and how
         try:
             protocol = json.loads((run_dir / controllers_from / "metrics.json").read_text())
@@ -295,8 +298,10 @@ def export(run_dir, name: str, root=None, card: dict | None = None, overwrite: b
         cfg.controllers.layer, cfg.controllers.rank = protocol["layer"], pc["rank"]
         cfg.controllers.steps, cfg.controllers.batch_size, cfg.controllers.lr = pc["steps"], pc["batch_size"], pc["lr"]
         cfg.controllers.sweep = False
+        snapshot = (protocol.get("base_model") or {}).get("snapshot")
     layer = cfg.control_layer()
-    weights = run_dir / "base_model" / "model.safetensors"
+    weights = run_dir / "base_model" / ("model.safetensors" if snapshot is None
+                                        else f"snapshots/step_{int(snapshot):07d}.safetensors")
     ctl = run_dir / controllers_from / f"controllers_layer{layer}.safetensors"
     for stage, path, command in (("base_model", weights, "train"), (controllers_from, ctl, "controllers")):
         if not (run_dir / stage / "DONE").exists() or not path.exists():
@@ -311,7 +316,11 @@ def export(run_dir, name: str, root=None, card: dict | None = None, overwrite: b
             raise PretrainedError(f"{path} does not fit the run's config ({str(e)[:160]})") from None
     extra = {}  # optional files: the metacontroller, and the policy trained through it
     meta_path = run_dir / "metacontroller" / "frozen.safetensors"
-    if (run_dir / "metacontroller" / "DONE").exists() and meta_path.exists():
+    if snapshot is not None and policy_from:
+        raise PretrainedError(f"{run_dir / controllers_from} measured the training snapshot at step {snapshot}; the "
+                              f"run's metacontroller and policies were trained on its final model, so none ships "
+                              f"with the snapshot (drop --policy-from)")
+    if snapshot is None and (run_dir / "metacontroller" / "DONE").exists() and meta_path.exists():
         extra["metacontroller.safetensors"] = meta_path
         policy_from = policy_from or best_internal_rl(run_dir, cfg)
         if policy_from:
@@ -332,17 +341,22 @@ def export(run_dir, name: str, root=None, card: dict | None = None, overwrite: b
     base = json.loads((run_dir / "base_model" / "metrics.json").read_text()).get("headline", {})
     stages = ("base_model", "eval_base", "probes", "controllers", controllers_from, "metacontroller", "injection",
               policy_from)
+    steps = cfg.train.steps
+    if snapshot is not None:  # the run's other stages measured its final model, not this snapshot
+        stages, steps = (controllers_from,), int(snapshot)
+        base = {"train_seconds": protocol["base_model"].get("train_seconds")}
     measured = {k: results[k] for k in stages if k and k in results}
     world = ("ant-pinpad (MuJoCo)" if cfg.env.name == "ant" else "gridworld")
     made = {
         "name": name,
         "summary": f"{cfg.env.size}x{cfg.env.size} {world} base model ({cfg.model.backbone}), width {cfg.model.width}, "
-                   f"depth {cfg.model.depth}, {cfg.train.steps} steps; subgoal controllers at layer {layer}"
+                   f"depth {cfg.model.depth}, {steps} steps{'' if snapshot is None else ' (a training snapshot)'}; "
+                   f"subgoal controllers at layer {layer}"
                    + ("; metacontroller" if extra else "") + ("; internal-RL policy" if len(extra) > 1 else ""),
         "recipe": {"model": asdict(cfg.model), "train": asdict(cfg.train),
                    "data": asdict(cfg.data), "controllers": asdict(cfg.controllers),
                    **{k: base_cfg[k] for k in ("source", "init_from") if base_cfg.get(k)}},
-        "seed": cfg.seed, "steps": cfg.train.steps,
+        "seed": cfg.seed, "steps": steps, **({"snapshot_of_run_steps": cfg.train.steps} if snapshot is not None else {}),
         "training_seconds": base.get("train_seconds"), "parameters": sum(p.numel() for p in model.parameters()),
         "hardware": _hardware(), "control_layer": layer,
         **({"policy_from": policy_from} if "policy.safetensors" in extra else {}),
