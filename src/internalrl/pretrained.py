@@ -286,6 +286,8 @@ def export(run_dir, name: str, root=None, card: dict | None = None, overwrite: b
         run_meta = json.loads((run_dir / "run.json").read_text())
     except (OSError, json.JSONDecodeError):
         raise PretrainedError(f"{run_dir} is not a finished internalrl run (no readable run.json)") from None
+    from .train import snapshot_name
+
     cfg = config_from_dict(run_meta.get("config"), str(run_dir / "run.json"))
     snapshot = None  # a steerability folder measured on a training snapshot ships that snapshot's weights
     if controllers_from != "controllers":  # a steerability folder: its protocol says where and how
@@ -301,7 +303,7 @@ def export(run_dir, name: str, root=None, card: dict | None = None, overwrite: b
         snapshot = (protocol.get("base_model") or {}).get("snapshot")
     layer = cfg.control_layer()
     weights = run_dir / "base_model" / ("model.safetensors" if snapshot is None
-                                        else f"snapshots/step_{int(snapshot):07d}.safetensors")
+                                        else f"snapshots/{snapshot_name(snapshot)}.safetensors")
     ctl = run_dir / controllers_from / f"controllers_layer{layer}.safetensors"
     for stage, path, command in (("base_model", weights, "train"), (controllers_from, ctl, "controllers")):
         if not (run_dir / stage / "DONE").exists() or not path.exists():

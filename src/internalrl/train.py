@@ -74,6 +74,11 @@ def save_weights(module: torch.nn.Module, path: Path, metadata: dict[str, str] |
         save_file({k: v.detach().cpu().contiguous() for k, v in module.state_dict().items()}, str(tmp), metadata=metadata)
 
 
+def snapshot_name(step: int) -> str:
+    """The file stem of the training snapshot at ``step`` in a base model's ``snapshots/`` folder."""
+    return f"step_{int(step):07d}"
+
+
 def save_model(model: SequenceModel, folder: Path, name: str = "model") -> None:
     folder.mkdir(parents=True, exist_ok=True)
     save_weights(model, folder / f"{name}.safetensors")
@@ -253,7 +258,7 @@ def train_base_model(cfg: Config, data: Trajectories, work: Path, progress: bool
                 scalars(done, row)
         if done in snapshot_steps:
             ckpt.check_finite(done)
-            save_model(model, work / "snapshots", f"step_{done:07d}")
+            save_model(model, work / "snapshots", snapshot_name(done))
         interrupt = done < tc.steps and ((stop_after is not None and done - start >= stop_after) or
                                          (stop_after_seconds is not None and time.perf_counter() - t0 >= stop_after_seconds))
         seconds = lambda: {"train_seconds": train_time + time.perf_counter() - t0}  # noqa: E731
