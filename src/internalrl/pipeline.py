@@ -28,7 +28,8 @@ from .experts.grid import task_marginal_free_play, task_marginal_reference
 from .metacontroller import cotrained_config
 from .rundir import RunDir
 from .scalars import base_model_row, stage_scalars
-from .train import evaluate_heldout, load_model, resolve_device, save_model, save_weights, train_base_model
+from .train import (evaluate_heldout, load_model, resolve_device, save_model, save_weights, snapshot_name, snapshot_steps,
+                    train_base_model)
 
 
 def _log(msg: str) -> None:
@@ -177,14 +178,14 @@ def stage_eval_base(cfg: Config, run: RunDir, progress: bool = True):
     postr.pop("paths")
     over_training = {}  # free play of every snapshot: the curve that matters for later stages
     base_dir = run.path("base_model")
-    for snap in sorted((base_dir / "snapshots").glob("step_*.safetensors")):
-        if int(snap.stem.split("_")[1]) == cfg.train.steps:  # the final model, measured above
-            over_training[cfg.train.steps] = free["success_rate"]
+    for step in snapshot_steps(base_dir):
+        if step == cfg.train.steps:  # the final model, measured above
+            over_training[step] = free["success_rate"]
             continue
-        m = load_model(base_dir / "snapshots", name=snap.stem, device=device)
+        m = load_model(base_dir / "snapshots", name=snapshot_name(step), device=device)
         r = rollout_base_model(m, BatchedGridPinpad(cfg.eval.num_envs, pre, spec, seed=cfg.seed + 1000), free_play=True,
                                seed=cfg.seed + 1000, temperature=cfg.eval.temperature, device=device)
-        over_training[int(snap.stem.split("_")[1])] = r["success_rate"]
+        over_training[step] = r["success_rate"]
     if over_training:
         _log("eval_base: free play over training: " + ", ".join(f"step {k}: {v:.3f}" for k, v in over_training.items()))
     free["over_training"] = over_training
@@ -230,13 +231,11 @@ def stage_probes(cfg: Config, run: RunDir, progress: bool = True):
     np.savez(work / "example_episode.npz", probs=probs, subgoals=truth)
     over_training = {}
     if cfg.probe.over_training:
-        snaps = sorted((base / "snapshots").glob("step_*.safetensors"))
-        for snap in snaps:
-            step = int(snap.stem.split("_")[1])
+        for step in snapshot_steps(base):
             if step == cfg.train.steps:  # the final model, probed above
                 over_training[step] = final["accuracy_per_layer"]
             else:
-                m = load_model(base / "snapshots", name=snap.stem, device=device)
+                m = load_model(base / "snapshots", name=snapshot_name(step), device=device)
                 over_training[step] = probe_layers(m, data, fit_idx, test_idx, k, device,
                                                    steps=cfg.probe.fit_steps)["accuracy_per_layer"]
             _log(f"probes: snapshot step {step}: " + " ".join(f"{a:.2f}" for a in over_training[step]))

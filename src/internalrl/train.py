@@ -79,6 +79,11 @@ def snapshot_name(step: int) -> str:
     return f"step_{int(step):07d}"
 
 
+def snapshot_steps(base_dir: Path) -> list[int]:
+    """The steps of the training snapshots saved in the base-model folder ``base_dir``, in order."""
+    return sorted(int(p.stem.split("_")[1]) for p in (Path(base_dir) / "snapshots").glob("step_*.safetensors"))
+
+
 def save_model(model: SequenceModel, folder: Path, name: str = "model") -> None:
     folder.mkdir(parents=True, exist_ok=True)
     save_weights(model, folder / f"{name}.safetensors")

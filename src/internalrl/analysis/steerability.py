@@ -293,7 +293,7 @@ def run_steerability(root, sc: SteerabilityConfig, name: str = "steerability", p
     from ..envs.tasks import parse_task_set
     from ..rundir import RunDir, RunDirError, stored_config
     from ..pipeline import clean_data
-    from ..train import load_model, resolve_device, save_weights, snapshot_name
+    from ..train import load_model, resolve_device, save_weights, snapshot_name, snapshot_steps
 
     root = Path(root)
     cfg = stored_config(root)
@@ -311,7 +311,7 @@ def run_steerability(root, sc: SteerabilityConfig, name: str = "steerability", p
     if snapshot is None:
         model = load_model(base_dir, device=device)
     else:
-        snaps = sorted(int(p.stem.split("_")[1]) for p in (base_dir / "snapshots").glob("step_*.safetensors"))
+        snaps = snapshot_steps(base_dir)
         if snapshot not in snaps:
             raise RunDirError(f"{base_dir} has no snapshot at step {snapshot}; it has: {', '.join(map(str, snaps))}")
         model = load_model(base_dir / "snapshots", name=snapshot_name(snapshot), device=device)
