@@ -235,3 +235,53 @@ def test_config_and_bench_commands_for_the_ant(tmp_path, capsys):
         assert res[backbone]["acting_with_env"]["env_steps_per_s"] > 0
     assert res["metacontroller_training"]["sequence_length"] == 300
     assert res["metacontroller_training"]["train_steps_per_s"] > 0
+
+
+def test_heading_encoder_reads_the_ant_layout_and_keeps_step_sequence_parity():
+    import numpy as np
+    import torch
+
+    from internalrl.envs.ant import AntSpec, BatchedAntPinpad, obs_layout
+    from internalrl.envs.tasks import parse_task_set
+    from internalrl.models.sequence_model import SequenceModel
+
+    cfg = load_config("quick", env="ant", overrides=["model.obs_encoder=heading", "model.width=16", "model.heads=2",
+                                                     "model.mlp=16"])
+    m, spec = cfg.model, cfg.env.spec()
+    layout = obs_layout(spec)
+    assert m.heading_offsets == layout["colours"].start and m.heading_count == spec.num_objects + spec.num_walls
+    assert load_config("quick", env="ant").model.heading_count == 0  # left alone unless asked for
+    env = BatchedAntPinpad(2, parse_task_set(cfg.env.pretrain_tasks, spec.num_objects), spec, seed=0)
+    obs = [env.reset()]
+    rng = np.random.default_rng(0)
+    for _ in range(30):
+        obs.append(env.step(rng.uniform(-1, 1, (2, 8)))[0])
+    obs = torch.as_tensor(np.stack(obs, 1), dtype=torch.float32)
+    # the velocity read is the torso's: its x, y are the symlog of the world-frame velocity MuJoCo reports
+    v = obs[:, -1, m.heading_velocity : m.heading_velocity + 2]
+    want = torch.as_tensor(np.sign(env.qvel[:, :2]) * np.log1p(np.abs(env.qvel[:, :2])), dtype=torch.float32)
+    assert torch.allclose(v, want, atol=1e-5)
+    torch.manual_seed(0)
+    model = SequenceModel(m).eval()
+    state = model.initial_state(2)
+    steps = torch.cat([model(obs[:, t : t + 1], state=state).action for t in range(obs.shape[1])], 1)
+    assert torch.allclose(steps, model(obs).action, atol=1e-5)
+    loss = model(obs).action.square().sum()
+    loss.backward()
+    assert model.embed.linear.weight.grad[:, m.obs_dim:].abs().sum() > 0  # the heading inputs reach the model
+
+
+def test_heading_features_point_at_what_lies_ahead():
+    import torch
+
+    from internalrl.models.sequence_model import HeadingEmbedding
+
+    emb = HeadingEmbedding(obs_dim=6, width=4, velocity=0, offsets=2, count=2)
+    obs = torch.tensor([[0.0, 2.0, 0.0, 3.0, 1.0, 0.0]])  # moving +y; offset 0 straight ahead, offset 1 to the side
+    along, across, cos = emb.features(obs).view(3, 2)
+    assert torch.allclose(along, torch.tensor([3.0, 0.0])) and torch.allclose(cos, torch.tensor([1.0, 0.0]))
+    assert torch.allclose(across.abs(), torch.tensor([0.0, 1.0]))
+    still = torch.tensor([[0.0, 0.0, 0.0, 3.0, 1.0, 0.0]])
+    assert torch.equal(emb.features(still), torch.zeros(1, 6))  # a still torso has no heading
+    with pytest.raises(ConfigError, match="model.obs_encoder=heading needs a 2-D velocity"):
+        load_config("quick", overrides=["model.obs_encoder=heading"])  # the grid has no velocity

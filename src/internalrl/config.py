@@ -213,7 +213,8 @@ class Config:
             ("model.action_dim", m.action_dim == NUM_ACTIONS, f"{NUM_ACTIONS} (the ant's joint torques)"),
             ("model.action_type", m.action_type == "gaussian", "'gaussian' for the ant's continuous actions"),
             ("model.obs_type", m.obs_type == "gaussian", "'gaussian' for the ant's continuous observations"),
-            ("model.obs_encoder", m.obs_encoder == "linear", "'linear' for the ant (the others read a grid)"),
+            ("model.obs_encoder", m.obs_encoder in ("linear", "heading"),
+             "'linear' or 'heading' for the ant (the others read a grid)"),
             ("train.soft_targets", not self.train.soft_targets, "false for the ant (a gridworld expert's posterior)"),
         ):
             if not ok:
@@ -407,6 +408,11 @@ def load_config(preset: str = "quick", overrides: list[str] = (), base: Config |
         cfg.model.obs_dim = cfg.env.spec().obs_dim
         if cfg.env.name == "grid":
             cfg.model.grid_size = cfg.env.size
+        elif cfg.model.obs_encoder == "heading":
+            from .envs.ant import heading_layout
+
+            cfg.model.heading_velocity, cfg.model.heading_offsets, cfg.model.heading_count = \
+                heading_layout(cfg.env.spec())
     return cfg.validate()
 
 

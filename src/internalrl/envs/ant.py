@@ -234,6 +234,15 @@ def obs_layout(spec: AntSpec) -> dict[str, slice]:
     return {n: slice(int(a), int(b)) for n, a, b in zip(names, edges[:-1], edges[1:])}
 
 
+def heading_layout(spec: AntSpec) -> tuple[int, int, int]:
+    """Where the heading encoder (``model.obs_encoder=heading``) reads the observation: the index of
+    the torso's x velocity (symlog of qvel[0], y follows), of the first colour's offset, and how many
+    (x, y) offsets follow it (the colours, then the walls)."""
+    layout = obs_layout(spec)
+    qvel_x = layout["proprio"].start + 13  # proprio: qpos[2:] (13 numbers), then qvel (14), free joint first
+    return qvel_x, layout["colours"].start, spec.num_objects + spec.num_walls
+
+
 def build_model(spec: AntSpec):
     """The ant MjModel for ``spec``."""
     if mujoco is None:

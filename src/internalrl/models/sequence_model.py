@@ -45,8 +45,15 @@ class ModelConfig:
     rel_max_distance: int = 128
     init_scale: float = 0.1  # variance scale of the fan-in initialisation
     max_len: int = 128  # longest sequence the step cache holds
-    obs_encoder: str = "linear"  # "linear": W·o_t; "egocentric": W·(o_t re-indexed around the agent); "conv"
+    # "linear": W·o_t; "egocentric": W·(o_t re-indexed around the agent); "conv"; "heading" (dense observations):
+    # W·(o_t and each 2-D offset's components along and across the 2-D velocity, and their cosine)
+    obs_encoder: str = "linear"
     grid_size: int = 7  # only read by the egocentric and conv encoders
+    # only read by the heading encoder: the observation index of the velocity's x (y follows), of the first offset's
+    # x, and how many (x, y) offsets follow it (the ant's colours and walls; filled in from the ant's layout)
+    heading_velocity: int = 0
+    heading_offsets: int = 0
+    heading_count: int = 0
     conv_channels: int = 16  # the conv encoder [choice]: channels of its 3x3 layers
     conv_layers: int = 2  # the conv encoder: how many 3x3 layers before the linear map
     # "transformer" (the grid's, Table A4) or "hawk" (Griffin's recurrent block, the ant's, Table A5). Hawk reads
@@ -73,9 +80,17 @@ class ModelConfig:
             raise ValueError("model.init_scale must be positive")
         if self.mlp_type not in ("relu", "swiglu"):
             raise ValueError(f"model.mlp_type must be 'relu' or 'swiglu', got {self.mlp_type!r}")
-        if self.obs_encoder not in ("linear", "egocentric", "conv"):
-            raise ValueError(f"model.obs_encoder must be 'linear', 'egocentric' or 'conv', got {self.obs_encoder!r}")
-        if self.obs_encoder != "linear" and (self.grid_size < 2 or self.obs_dim % self.grid_size ** 2):
+        if self.obs_encoder not in ("linear", "egocentric", "conv", "heading"):
+            raise ValueError(f"model.obs_encoder must be 'linear', 'egocentric', 'conv' or 'heading', got "
+                             f"{self.obs_encoder!r}")
+        if self.obs_encoder == "heading" and not (
+                self.heading_count >= 1 and 0 <= self.heading_velocity <= self.obs_dim - 2
+                and 0 <= self.heading_offsets and self.heading_offsets + 2 * self.heading_count <= self.obs_dim):
+            raise ValueError(f"model.obs_encoder=heading needs a 2-D velocity and at least one 2-D offset inside the "
+                             f"{self.obs_dim}-number observation: model.heading_velocity ({self.heading_velocity}), "
+                             f"model.heading_offsets ({self.heading_offsets}), model.heading_count "
+                             f"({self.heading_count}) (the ant's are filled in from its observation layout)")
+        if self.obs_encoder in ("egocentric", "conv") and (self.grid_size < 2 or self.obs_dim % self.grid_size ** 2):
             raise ValueError(f"model.obs_encoder={self.obs_encoder} needs a grid observation: obs_dim ({self.obs_dim}) "
                              f"must be a multiple of grid_size² ({self.grid_size}² = {self.grid_size ** 2})")
         if self.obs_encoder == "conv" and (self.conv_channels < 1 or self.conv_layers < 1):
@@ -226,6 +241,32 @@ class EgocentricEmbedding(nn.Module):
         return out.reshape(*lead, -1)
 
 
+class HeadingEmbedding(nn.Module):
+    """``Linear(o_t, along_k, across_k, cos_k)`` for a dense observation holding a 2-D velocity and
+    2-D offsets (the ant's: the torso's velocity, and each colour's and wall's cell centre minus the
+    torso) [choice; the paper embeds o_t linearly]: each offset's components along and across the
+    direction of motion and the cosine between the two. Which colour lies ahead is a product of
+    velocity and offset, which no linear map of o_t holds (docs/ant.md); here it is one input."""
+
+    def __init__(self, obs_dim: int, width: int, velocity: int, offsets: int, count: int) -> None:
+        super().__init__()
+        self.velocity, self.offsets, self.count = velocity, offsets, count
+        self.linear = nn.Linear(obs_dim + 3 * count, width)
+
+    def features(self, obs: torch.Tensor) -> torch.Tensor:
+        """(..., 3 * count): along, across and cosine of every offset (0 for a still torso)."""
+        v = obs[..., self.velocity : self.velocity + 2]
+        u = v / v.norm(dim=-1, keepdim=True).clamp(min=1e-3)
+        p = obs[..., self.offsets : self.offsets + 2 * self.count].unflatten(-1, (self.count, 2))
+        along = (p * u[..., None, :]).sum(-1)
+        across = p[..., 0] * u[..., None, 1] - p[..., 1] * u[..., None, 0]
+        cos = along / p.norm(dim=-1).clamp(min=1e-3)
+        return torch.cat([along, across, cos], -1)
+
+    def forward(self, obs: torch.Tensor) -> torch.Tensor:
+        return self.linear(torch.cat([obs, self.features(obs)], -1))
+
+
 class ConvEmbedding(nn.Module):
     """A convolutional stem over the ``(G, G, C)`` grid observation (allocentric), then a linear
     map to the model width [choice; the paper embeds o_t linearly].
@@ -260,6 +301,9 @@ class SequenceModel(nn.Module):
             self.embed = EgocentricEmbedding(cfg.grid_size, cfg.obs_dim, cfg.width)
         elif cfg.obs_encoder == "conv":
             self.embed = ConvEmbedding(cfg.grid_size, cfg.obs_dim, cfg.width, cfg.conv_channels, cfg.conv_layers)
+        elif cfg.obs_encoder == "heading":
+            self.embed = HeadingEmbedding(cfg.obs_dim, cfg.width, cfg.heading_velocity, cfg.heading_offsets,
+                                          cfg.heading_count)
         else:
             self.embed = nn.Linear(cfg.obs_dim, cfg.width)
         if cfg.backbone == "hawk":
