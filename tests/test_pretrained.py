@@ -165,6 +165,29 @@ def test_base_model_shipped_fills_the_stage_and_the_run_remembers(shipped, tmp_p
     assert json.loads((tmp_path / "by_default" / "run.json").read_text())["base_model"]["sha256"] == sha
 
 
+def test_base_model_by_name_picks_that_shipped_model(shipped, tmp_path, capsys, monkeypatch):
+    run, root = shipped
+    root = _copy(shipped, tmp_path)
+    assert pretrained.export(run, "grid-other", root, {"hardware": "test machine"}) == root / "grid-other"
+    monkeypatch.setenv(pretrained.ROOT_ENV, str(root))
+    out = tmp_path / "named"
+    assert main(["data", "--out", str(out), "--base-model", "nope", *REST]) == 2
+    err = capsys.readouterr().err
+    assert "--base-model must be shipped, train or the name of a shipped model (grid, grid-other)" in err
+    assert not out.exists()
+    assert main(["data", "--out", str(out), "--base-model", "grid-other", *REST]) == 0
+    assert main(["train", "--out", str(out), *REST]) == 0  # the recorded name, not the environment's default
+    meta = json.loads((out / "run.json").read_text())["base_model"]
+    assert meta["name"] == "grid-other" and meta["sha256"] == pretrained.load("grid-other", root).sha256
+    assert main(["evaluate", "--out", str(out), "--base-model", "grid", *REST]) == 2
+    assert "was made from shipped model 'grid-other'" in capsys.readouterr().err
+    assert not (out / "eval_base").exists()
+    # a shipped model of another environment is refused by name
+    assert main(["data", "--out", str(tmp_path / "other_env"), "--base-model", "grid-other", *REST,
+                 "--set", "env.horizon=41"]) == 2
+    assert "trained on another environment" in capsys.readouterr().err and not (tmp_path / "other_env").exists()
+
+
 def test_the_default_is_to_train_until_a_model_is_shipped():
     assert pretrained.DEFAULT_BASE_MODEL == "train" or pretrained.available(pretrained.default_root())
 

@@ -60,7 +60,17 @@ def resolve(cfg: Config, root: Path, requested: str | None, overrides: list[str]
     """The config this run uses and its base-model source record, e.g. ``{"choice": "train"}``
     or ``{"choice": "shipped", "name": "grid", "sha256": ..., "summary": ...}``."""
     before = recorded(root)
+    named = None  # a shipped model asked for by name
+    if requested not in (None, *pretrained.BASE_MODEL_CHOICES):
+        names = pretrained.available()
+        if requested not in names:
+            raise ConfigError(f"--base-model must be {', '.join(pretrained.BASE_MODEL_CHOICES)} or the name of a shipped "
+                              f"model ({', '.join(names) or 'none shipped'}), got {requested!r}")
+        named, requested = requested, "shipped"
     choice = requested or (before or {}).get("choice") or pretrained.DEFAULT_BASE_MODEL
+    if before is not None and named and before.get("choice") == "shipped" and before.get("name") != named:
+        raise RunDirError(f"{root} was made from shipped model {before.get('name')!r}; it cannot continue with "
+                          f"--base-model {named}. Use a new --out folder.")
     if before is not None and requested and before.get("choice") != requested:
         raise RunDirError(f"{root} was made with --base-model {before.get('choice')}; it cannot continue with "
                           f"--base-model {requested}. Use a new --out folder (or --base-model {before.get('choice')}).")
@@ -78,8 +88,12 @@ def resolve(cfg: Config, root: Path, requested: str | None, overrides: list[str]
     if fixed:
         raise ConfigError(f"--base-model shipped fixes the model and train sections; drop {', '.join(fixed)} "
                           "(or use --base-model train)")
-    name = find_for_env(cfg)
+    name = named or (before or {}).get("name") or find_for_env(cfg)
     shipped = load(name)
+    if named and find_for_env(cfg, names=[named], missing=None) is None:
+        raise ConfigError(f"the shipped model {named!r} was trained on another environment than this run's "
+                          f"({shipped.config.env.name}, tasks {shipped.config.env.pretrain_tasks}); choose one of this "
+                          "environment's (`internalrl pretrained list`) or --base-model train")
     if before is not None and before.get("sha256") != shipped.sha256:
         raise RunDirError(f"{root} was made from shipped model {before.get('name')!r} with sha256 "
                           f"{str(before.get('sha256'))[:12]}…; the shipped model {name!r} is now {shipped.sha256[:12]}…. "

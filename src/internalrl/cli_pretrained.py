@@ -24,9 +24,10 @@ def add_arguments(sub: argparse._SubParsersAction) -> None:
     """``--base-model`` on the run-directory commands, ``--init-from`` on train and run, and ``pretrained``."""
     for name in RUN_DIR_COMMANDS:
         sub.choices[name].add_argument(
-            "--base-model", choices=BASE_MODEL_CHOICES, default=None,
-            help=f"train the base model in the run, or copy the shipped model of the environment (default: what "
-                 f"the run directory recorded, else {DEFAULT_BASE_MODEL}; ${ROOT_ENV} moves the shipped models)")
+            "--base-model", default=None, metavar="{" + ",".join(BASE_MODEL_CHOICES) + ",NAME}",
+            help=f"train the base model in the run, or copy a shipped model: the environment's (shipped) or the one "
+                 f"named (see `internalrl pretrained list`) (default: what the run directory recorded, else "
+                 f"{DEFAULT_BASE_MODEL}; ${ROOT_ENV} moves the shipped models)")
     for name in ("train", "run"):
         sub.choices[name].add_argument(
             "--init-from", default=None, metavar="CHECKPOINT",

@@ -199,11 +199,15 @@ def load(name: str, root=None, device="cpu") -> Pretrained:
                       loaded.get("metacontroller.safetensors"), loaded.get("policy.safetensors"))
 
 
-def find_for_env(cfg: Config, root=None) -> str:
-    """The shipped model trained on the environment of ``cfg`` (same grid, colours, walls,
-    horizon and pretraining tasks); "grid" wins a tie. Raises PretrainedError if there is none."""
+_RAISE = object()
+
+
+def find_for_env(cfg: Config, root=None, names: list[str] | None = None, missing=_RAISE) -> str | None:
+    """The shipped model (of ``names``, default all) trained on the environment of ``cfg`` (same grid,
+    colours, walls, horizon and pretraining tasks); "grid" wins a tie. If there is none: ``missing``
+    when given, else PretrainedError."""
     want = (asdict(cfg.env.spec()), cfg.env.pretrain_tasks)
-    names = sorted(available(root), key=lambda n: (n != "grid", n))
+    names = sorted(available(root) if names is None else names, key=lambda n: (n != "grid", n))
     for name in names:
         try:
             env = _from_dict(type(cfg.env), json.loads((resolve_root(root) / name / "config.json").read_text())["env"], "env")
@@ -211,6 +215,8 @@ def find_for_env(cfg: Config, root=None) -> str:
                 return name
         except (OSError, json.JSONDecodeError, KeyError, TypeError, ValueError, PretrainedError):
             continue
+    if missing is not _RAISE:
+        return missing
     e = cfg.env
     raise PretrainedError(f"no shipped model for this environment ({e.size}x{e.size} grid, {e.num_objects} colours, "
                           f"{e.num_walls} walls, horizon {e.horizon}, tasks {e.pretrain_tasks}) in {resolve_root(root)} "
