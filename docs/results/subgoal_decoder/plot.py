@@ -3,6 +3,7 @@
 
     python docs/results/subgoal_decoder/plot.py              # the f98ea13 quick run (curve_*.json)
     python docs/results/subgoal_decoder/plot.py gridwide_    # the windowed width-128 model (gridwide_curve_*.json)
+    python docs/results/subgoal_decoder/plot.py gridsteer_   # grid-steer, controlled at layer 1
 
 (reads the curves next to it)."""
 import json
@@ -18,7 +19,8 @@ import numpy as np
 here = Path(__file__).parent
 prefix = sys.argv[1] if len(sys.argv) > 1 else ""
 titles = {"": ("quick base model of the f98ea13 run", "internal_rl_subgoal_decoder.png"),
-          "gridwide_": ("the windowed width-128 model (grid-wide)", "gridwide_internal_rl_subgoal_decoder.png")}
+          "gridwide_": ("the windowed width-128 model (grid-wide)", "gridwide_internal_rl_subgoal_decoder.png"),
+          "gridsteer_": ("grid-steer, layer 1", "gridsteer_internal_rl_subgoal_decoder.png")}
 if prefix not in titles:
     raise SystemExit(f"unknown prefix {prefix!r}; one of {sorted(titles)}")
 model, png = titles[prefix]
