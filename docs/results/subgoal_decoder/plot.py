@@ -27,7 +27,7 @@ model, png = titles[prefix]
 tasks = [("0-1-4-5-0-1", "pretraining task 0-1-4-5-0-1"), ("0-1-2-3", "0-1-2-3 (one unseen transition)"),
          ("0-1-2-3-4-5-6-7-0-1-2-3", "post-training task")]
 tasks = [t for t in tasks if list(here.glob(f"{prefix}curve_*_{t[0]}_*.json"))]
-fig, axes = plt.subplots(1, len(tasks), figsize=(4.4 * len(tasks), 3.6), sharey=True, squeeze=False)
+fig, axes = plt.subplots(1, len(tasks), figsize=(max(4.4 * len(tasks), 7.0), 3.6), sharey=True, squeeze=False)
 for ax, (task, title) in zip(axes[0], tasks):
     for decoder, colour in (("learned", "tab:grey"), ("subgoal", "tab:blue"), ("raw", "tab:orange")):
         runs = sorted(here.glob(f"{prefix}curve_{decoder}_{task}_*.json"), key=lambda f: int(f.stem.rsplit("_", 1)[1]))
